@@ -1,0 +1,156 @@
+"""Wiring and lifecycle: load -> start servers -> serve -> drain -> stop.
+
+``RouterApp`` owns every long-lived piece (snapshot, client pool, servers, watcher task) and
+stops them in reverse order. ``serve`` is the process entry: uvloop, signals, exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from .admin import build_admin
+from .config import Snapshot, load_snapshot
+from .errors import ConfigError
+from .history import History
+from .metrics import Metrics
+from .proxy import Live, Proxy
+from .reload import Reloader, Watcher
+
+log = logging.getLogger("model_router")
+
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class RouterApp:
+    """One router process. ``start`` raises ConfigError when the config is invalid."""
+
+    def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2) -> None:
+        self.config_path = Path(config_path)
+        self.watch_interval = watch_interval
+        self.metrics = Metrics()
+        self.ready = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runners: list[web.BaseRunner] = []
+        self.port = 0
+        self.admin_port = 0
+
+    def __repr__(self) -> str:
+        return f"<RouterApp {self.config_path} port={self.port} ready={self.ready}>"
+
+    async def start(self, snapshot: Snapshot | None = None) -> None:
+        snapshot = snapshot or await asyncio.to_thread(load_snapshot, self.config_path,
+                                                       source="startup")
+        self.live = Live(snapshot)
+        self.history = History(snapshot.state_dir)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30,
+                                           ttl_dns_cache=60),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
+            timeout=aiohttp.ClientTimeout(total=None))
+        self.proxy = Proxy(self.live, self.session, self.metrics)
+        self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
+        self.reloader.applied(snapshot)
+
+        limits = snapshot.limits
+        server = web.Server(self.proxy.handle, access_log=None,
+                            keepalive_timeout=limits.client_timeout_s,
+                            max_field_size=MAX_HEADER_BYTES, max_line_size=MAX_HEADER_BYTES)
+        runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_grace_s)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, snapshot.listen.host, snapshot.listen.port, backlog=1024)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        admin_runner = web.AppRunner(build_admin(self), access_log=None)
+        await admin_runner.setup()
+        self._runners.append(admin_runner)
+        admin_site = web.TCPSite(admin_runner, snapshot.admin.host, snapshot.admin.port)
+        await admin_site.start()
+        self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        self._spawn(Watcher(self.reloader, self.watch_interval).run())
+        self.ready = True
+        log.info("serving on http://%s:%d (admin http://%s:%d), config %s",
+                 snapshot.listen.host, self.port, snapshot.admin.host, self.admin_port,
+                 snapshot.revision)
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if not self.ready:
+            problems.append("not started or draining")
+        for route in self.live.snapshot.routes:
+            if all(self.proxy.balancer.all_ejected(v) for v in route.versions.values()):
+                problems.append(f"route {route.name}: every version is ejected")
+        return problems
+
+    async def stop(self) -> None:
+        """Drain: not-ready, wait drain_delay_s, 503 new requests, finish in-flight, close."""
+        limits = self.live.snapshot.limits
+        self.ready = False
+        if limits.drain_delay_s:
+            await asyncio.sleep(limits.drain_delay_s)
+        self.proxy.draining = True
+        proxy_runner, *others = self._runners
+        await proxy_runner.cleanup()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.session.close()
+        for runner in others:
+            await runner.cleanup()
+        self._runners.clear()
+        log.info("stopped")
+
+
+async def _serve(config_path: Path) -> int:
+    app = RouterApp(config_path)
+    try:
+        await app.start()
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("%s", line)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_sighup() -> None:
+        app._spawn(_reload_quietly(app))
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    await stop.wait()
+    log.info("signal received: draining")
+    await app.stop()
+    return 0
+
+
+async def _reload_quietly(app: RouterApp) -> None:
+    try:
+        await app.reloader.reload("sighup")
+    except ConfigError:
+        pass  # logged, counted and kept in history by the reloader
+
+
+def serve(config_path: str | Path) -> int:
+    """Run the router until SIGTERM/SIGINT; returns the process exit code."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(_serve(Path(config_path)))
+    return uvloop.run(_serve(Path(config_path)))

@@ -1,0 +1,92 @@
+"""Prometheus metrics (prefix ``model_router_``), on a registry owned by one router.
+
+Label values come only from the config (route, version, role) and status codes, never from
+paths, user ids or request ids. Children are cached per label tuple, so the per-request cost
+is a dict lookup plus the increment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics, generate_latest)
+
+from .config import Snapshot
+
+# 0.5 ms to 10 s.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0)
+UNMATCHED = "_unmatched"
+
+# The *_created series double the exposition for no use in dashboards or alerts.
+disable_created_metrics()
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("model_router_requests_total", "Requests answered.",
+                                ["route", "version", "role", "code"], registry=r)
+        self.duration = Histogram("model_router_request_duration_seconds",
+                                  "Time from request headers to the last byte sent.",
+                                  ["route", "version", "role"], buckets=DURATION_BUCKETS,
+                                  registry=r)
+        self.upstream_errors = Counter("model_router_upstream_errors_total",
+                                       "Failed upstream attempts.",
+                                       ["route", "version", "kind"], registry=r)
+        self.rejected = Counter("model_router_requests_rejected_total",
+                                "Requests refused before reaching a model.",
+                                ["route", "code"], registry=r)
+        self.traffic_weight = Gauge("model_router_traffic_weight",
+                                    "Configured traffic percent per version.",
+                                    ["route", "version"], registry=r)
+        self.reloads = Counter("model_router_config_reloads_total", "Config reload attempts.",
+                               ["result"], registry=r)
+        self.config_info = Gauge("model_router_config_info", "The applied config revision.",
+                                 ["revision"], registry=r)
+        self._request_children: dict[tuple[str, str, str, int], Any] = {}
+        self._duration_children: dict[tuple[str, str, str], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Metrics {len(self._request_children)} request series>"
+
+    def observe(self, route: str, version: str | None, role: str, code: int,
+                seconds: float) -> None:
+        """Count one answered request; called once per request, never raises."""
+        version = version or "none"
+        key = (route, version, role, code)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(
+                route, version, role, str(code))
+        counter.inc()
+        dkey = (route, version, role)
+        hist = self._duration_children.get(dkey)
+        if hist is None:
+            hist = self._duration_children[dkey] = self.duration.labels(route, version, role)
+        hist.observe(seconds)
+
+    def upstream_error(self, route: str, version: str, kind: str) -> None:
+        self.upstream_errors.labels(route, version, kind).inc()
+
+    def reject(self, route: str, code: int) -> None:
+        self.rejected.labels(route, str(code)).inc()
+
+    def applied(self, snapshot: Snapshot) -> None:
+        """Publish a newly applied snapshot's weights and revision."""
+        self.traffic_weight.clear()
+        for route in snapshot.routes:
+            for version, weight in route.weights().items():
+                self.traffic_weight.labels(route.name, version).set(weight)
+        self.config_info.clear()
+        self.config_info.labels(snapshot.revision).set(1)
+        self.reloads.labels("success").inc()
+
+    def reload_failed(self) -> None:
+        self.reloads.labels("error").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+

@@ -1,0 +1,181 @@
+"""The model registry: feature schemas and model versions, one source of truth.
+
+``parse_registry`` reads registry.yaml into frozen values; every problem is collected with
+file and path. The route-level checks that use it live in config.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .problems import Problems, join
+
+FieldType = Literal["float", "int", "string", "bool"]
+FIELD_TYPES = ("float", "int", "string", "bool")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    name: str
+    type: FieldType
+    required: bool = True
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    enum: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    id: str
+    fields: tuple[Field, ...]
+
+    def field(self, name: str) -> Field | None:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    model: str
+    name: str
+    schema: str | None
+    training_data: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    baseline: Path | None = None
+    output_baseline: Path | None = None
+    created: str | None = None
+    model_version: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def entry(self) -> dict[str, Any]:
+        """The registry entry as an auditor reads it."""
+        return {"model": self.model, "version": self.name, "schema": self.schema,
+                "training_data": self.training_data, "metrics": self.metrics,
+                "created": self.created, "model_version": self.model_version,
+                "baseline": str(self.baseline) if self.baseline else None,
+                "output_baseline": str(self.output_baseline) if self.output_baseline else None,
+                "tags": self.tags}
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    schemas: dict[str, Schema]
+    models: dict[str, dict[str, ModelVersion]]
+
+    def version(self, model: str, version: str) -> ModelVersion | None:
+        return self.models.get(model, {}).get(version)
+
+
+EMPTY = Registry(schemas={}, models={})
+
+_FIELD_KEYS = ("type", "required", "nullable", "min", "max", "enum")
+_VERSION_KEYS = ("schema", "training_data", "metrics", "baseline", "output_baseline",
+                 "created", "model_version", "tags")
+
+
+def _parse_field(p: Problems, path: str, name: str, raw: Any) -> Field | None:
+    spec = p.mapping(path, raw, _FIELD_KEYS, required=("type",))
+    if spec is None:
+        return None
+    ftype = p.string(join(path, "type"), spec.get("type"), FIELD_TYPES) if "type" in spec else None
+    required = p.boolean(join(path, "required"), spec["required"]) if "required" in spec else True
+    nullable = p.boolean(join(path, "nullable"), spec["nullable"]) if "nullable" in spec else False
+    low = p.number(join(path, "min"), spec["min"]) if "min" in spec else None
+    high = p.number(join(path, "max"), spec["max"]) if "max" in spec else None
+    enum = None
+    if "enum" in spec:
+        items = p.sequence(join(path, "enum"), spec["enum"])
+        enum = tuple(items) if items else None
+        if items is not None and not items:
+            p.error(join(path, "enum"), "must list at least one value")
+    if ftype is None:
+        return None
+    if (low is not None or high is not None) and ftype not in ("float", "int"):
+        p.error(path, f"min/max apply to numbers, not {ftype}")
+    if low is not None and high is not None and low > high:
+        p.error(path, f"min {low:g} is above max {high:g}")
+    return Field(name=name, type=ftype, required=bool(required), nullable=bool(nullable),
+                 min=low, max=high, enum=enum)
+
+
+def _parse_schema(p: Problems, path: str, schema_id: str, raw: Any) -> Schema | None:
+    spec = p.mapping(path, raw, ("fields", "description"), required=("fields",))
+    if spec is None or "fields" not in spec:
+        return None
+    fields_raw = p.mapping(join(path, "fields"), spec["fields"])
+    if fields_raw is None:
+        return None
+    if not fields_raw:
+        p.error(join(path, "fields"), "a schema needs at least one field")
+    fields = []
+    for fname, fraw in fields_raw.items():
+        if isinstance(fname, str):
+            parsed = _parse_field(p, join(join(path, "fields"), fname), fname, fraw)
+            if parsed is not None:
+                fields.append(parsed)
+    return Schema(id=schema_id, fields=tuple(fields))
+
+
+def _parse_version(p: Problems, path: str, model: str, name: str, raw: Any, base: Path,
+                   schemas: dict[str, Schema]) -> ModelVersion | None:
+    spec = p.mapping(path, raw, _VERSION_KEYS)
+    if spec is None:
+        return None
+    schema = None
+    if "schema" in spec:
+        schema = p.name(join(path, "schema"), spec["schema"])
+        if schema is not None and schema not in schemas:
+            p.error(join(path, "schema"), f"unknown schema '{schema}'; defined: "
+                    + (", ".join(sorted(schemas)) or "none"))
+    texts: dict[str, str | None] = {}
+    for key in ("training_data", "created", "model_version"):
+        texts[key] = p.string(join(path, key), spec[key]) if key in spec else None
+    paths: dict[str, Path | None] = {}
+    for key in ("baseline", "output_baseline"):
+        rel = p.string(join(path, key), spec[key]) if key in spec else None
+        paths[key] = (base / rel) if rel else None
+    metrics = p.mapping(join(path, "metrics"), spec["metrics"]) if "metrics" in spec else {}
+    tags = p.mapping(join(path, "tags"), spec["tags"]) if "tags" in spec else {}
+    return ModelVersion(model=model, name=name, schema=schema,
+                        training_data=texts["training_data"], metrics=dict(metrics or {}),
+                        baseline=paths["baseline"], output_baseline=paths["output_baseline"],
+                        created=texts["created"], model_version=texts["model_version"],
+                        tags=dict(tags or {}))
+
+
+def parse_registry(p: Problems, tree: Any, base: Path) -> Registry:
+    """Read a registry.yaml tree; problems go to ``p``; relative paths resolve from ``base``."""
+    top = p.mapping("", tree if tree is not None else {}, ("schemas", "models"))
+    if top is None:
+        return EMPTY
+    schemas: dict[str, Schema] = {}
+    raw_schemas = p.mapping("schemas", top.get("schemas", {})) or {}
+    for sid, sraw in raw_schemas.items():
+        if isinstance(sid, str):
+            parsed = _parse_schema(p, join("schemas", sid), sid, sraw)
+            if parsed is not None:
+                schemas[sid] = parsed
+    models: dict[str, dict[str, ModelVersion]] = {}
+    raw_models = p.mapping("models", top.get("models", {})) or {}
+    for mname, mraw in raw_models.items():
+        if not isinstance(mname, str):
+            continue
+        mpath = join("models", mname)
+        mspec = p.mapping(mpath, mraw, ("versions", "description"), required=("versions",))
+        if mspec is None or "versions" not in mspec:
+            continue
+        vraw = p.mapping(join(mpath, "versions"), mspec["versions"]) or {}
+        versions = {}
+        for vname, vspec in vraw.items():
+            if isinstance(vname, str):
+                parsed_v = _parse_version(p, join(join(mpath, "versions"), vname), mname, vname,
+                                          vspec, base, schemas)
+                if parsed_v is not None:
+                    versions[vname] = parsed_v
+        models[mname] = versions
+    return Registry(schemas=schemas, models=models)

@@ -1,0 +1,128 @@
+"""Live reload: build -> validate -> swap one reference, or keep the old snapshot serving.
+
+Triggers: a change of router.yaml or registry.yaml (polled, so editor renames and Kubernetes
+ConfigMap symlink swaps are both seen), SIGHUP, and ``POST /-/reload``. Loading runs in a
+thread; the swap happens on the event loop. A request keeps the snapshot it started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Snapshot, load_snapshot
+from .errors import ConfigError
+from .history import History
+from .metrics import Metrics
+from .proxy import Live
+
+log = logging.getLogger("model_router.reload")
+
+POLL_S = 0.2
+
+Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+def signature(paths: list[Path]) -> Signature:
+    """(inode, mtime, size) per file, following symlinks; None for a missing file."""
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+class Reloader:
+    """Owns the swap. ``reload`` returns the applied snapshot or raises ``ConfigError``."""
+
+    def __init__(self, path: Path, live: Live, metrics: Metrics, history: History,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.live = live
+        self.metrics = metrics
+        self.history = history
+        self.last_error: dict[str, object] | None = None
+        self.on_applied: list[Callable[[Snapshot], None]] = []
+        self._wall = wall
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"<Reloader {self.path} revision={self.live.snapshot.revision}>"
+
+    def watched(self) -> list[Path]:
+        snapshot = self.live.snapshot
+        return [snapshot.path.parent / name for name in snapshot.files]
+
+    def applied(self, snapshot: Snapshot) -> None:
+        """Make ``snapshot`` live and record it (also used for the first load)."""
+        self.live.snapshot = snapshot
+        self.last_error = None
+        self.metrics.applied(snapshot)
+        self.history.applied(snapshot, snapshot.loaded_at)
+        for callback in self.on_applied:
+            callback(snapshot)
+        for warning in snapshot.warnings:
+            log.warning("%s", warning)
+        log.info("config %s applied (source %s)", snapshot.revision, snapshot.source)
+
+    async def reload(self, source: str) -> Snapshot:
+        async with self._lock:
+            try:
+                snapshot = await asyncio.to_thread(load_snapshot, self.path, source=source)
+            except ConfigError as exc:
+                now = self._wall()
+                self.last_error = {"ts": now, "source": source, "errors": exc.errors}
+                self.metrics.reload_failed()
+                self.history.rejected(source, exc.errors, now)
+                log.error("config rejected (source %s), keeping %s:\n  %s", source,
+                          self.live.snapshot.revision, "\n  ".join(exc.errors))
+                raise
+            current = self.live.snapshot
+            if snapshot.revision == current.revision:
+                self.last_error = None
+                return current
+            fixed = [(snapshot.listen, current.listen, "listen"),
+                     (snapshot.admin, current.admin, "admin")]
+            for new, old, key in fixed:
+                if new != old:
+                    log.warning("%s changed; it takes effect at the next restart", key)
+            self.applied(snapshot)
+            return snapshot
+
+
+class Watcher:
+    """Polls the config files; a change stable over two polls triggers a reload."""
+
+    def __init__(self, reloader: Reloader, interval: float = POLL_S) -> None:
+        self.reloader = reloader
+        self.interval = interval
+
+    def __repr__(self) -> str:
+        return f"<Watcher every {self.interval}s>"
+
+    async def run(self) -> None:
+        seen = signature(self.reloader.watched())
+        pending: Signature | None = None
+        while True:
+            await asyncio.sleep(self.interval)
+            now = signature(self.reloader.watched())
+            if now == seen:
+                pending = None
+                continue
+            if now != pending:  # still changing (or just changed): wait for it to settle
+                pending = now
+                continue
+            seen, pending = now, None
+            try:
+                await self.reloader.reload("file")
+            except ConfigError:
+                pass  # recorded by the reloader; the old snapshot keeps serving
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad reload
+                log.exception("reload from file failed")
