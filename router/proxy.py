@@ -212,6 +212,9 @@ class Proxy:
         except TimeoutError:
             raise BadRequest("the request body did not arrive within client_timeout_s") \
                 from None
+        except ConnectionError:
+            raise BadRequest("the client closed the connection before the body ended") \
+                from None
 
     async def _read_bounded(self, request: web.BaseRequest, limit: int) -> bytes:
         length = request.content_length

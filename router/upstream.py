@@ -103,6 +103,7 @@ class Balancer:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._replicas: dict[str, _Replica] = {}
+        self._turn = 0
 
     def _replica(self, url: str) -> _Replica:
         replica = self._replicas.get(url)
@@ -117,7 +118,10 @@ class Balancer:
             replica = self._replica(urls[0])
         else:
             now = self._clock()
-            candidates = [self._replica(u) for u in urls]
+            # Rotate the starting point so ties (idle replicas) are shared round-robin.
+            self._turn += 1
+            start = self._turn % len(urls)
+            candidates = [self._replica(u) for u in urls[start:] + urls[:start]]
             healthy = [r for r in candidates if r.ejected_until <= now]
             if healthy:
                 replica = min(healthy, key=lambda r: r.outstanding)
