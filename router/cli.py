@@ -41,6 +41,11 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+    return demo(args.dir, args.duration)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-router",
                                      description="Traffic router for ML model servers.")
@@ -55,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate config, registry and schema compatibility")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=_check)
+
+    p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
+    p.add_argument("--dir", default="demo")
+    p.add_argument("--duration", type=float, default=20.0)
+    p.set_defaults(func=_demo)
     return parser
 
 

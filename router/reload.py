@@ -103,12 +103,15 @@ class Watcher:
     def __init__(self, reloader: Reloader, interval: float = POLL_S) -> None:
         self.reloader = reloader
         self.interval = interval
+        # Taken now, right after the load, not when the task first runs: a change made in
+        # between must count as a change.
+        self._seen = signature(reloader.watched())
 
     def __repr__(self) -> str:
         return f"<Watcher every {self.interval}s>"
 
     async def run(self) -> None:
-        seen = signature(self.reloader.watched())
+        seen = self._seen
         pending: Signature | None = None
         while True:
             await asyncio.sleep(self.interval)

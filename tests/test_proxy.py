@@ -314,3 +314,14 @@ async def test_truncated_body_is_clean(tmp_path: Path, upstreams, start_router, 
     async with aiohttp.ClientSession() as fresh:
         async with fresh.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
             assert resp.status == 200
+
+
+async def test_draining_answers_503_with_close(tmp_path: Path, upstreams, start_router,
+                                               client) -> None:
+    urls = await echo_versions(upstreams, "v1")
+    app = await start_router(write_config(tmp_path, [route(urls)]))
+    app.proxy.draining = True
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+        assert resp.status == 503
+        assert resp.headers["Connection"] == "close"
+        assert (await resp.json())["code"] == "draining"
