@@ -19,12 +19,15 @@ from .config import Snapshot, load_snapshot
 from .errors import ConfigError
 from .history import History
 from .metrics import Metrics
+from .predlog import PredictionLog, load_log_key
 from .proxy import Live, Proxy
 from .reload import Reloader, Watcher
+from .shadow import Shadows
 
 log = logging.getLogger("model_router")
 
 MAX_HEADER_BYTES = 16 * 1024
+SHADOW_DRAIN_S = 5.0
 
 
 class RouterApp:
@@ -54,6 +57,14 @@ class RouterApp:
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=None))
         self.proxy = Proxy(self.live, self.session, self.metrics)
+        self.predlog = None
+        if snapshot.prediction_log.enabled:
+            secret = await asyncio.to_thread(load_log_key, snapshot.state_dir)
+            self.predlog = PredictionLog(snapshot.prediction_log, secret, metrics=self.metrics)
+            self.predlog.start()
+        self.proxy.predlog = self.predlog
+        self.shadows = Shadows(self.session, self.metrics, self.predlog, self.proxy.balancer)
+        self.proxy.shadows = self.shadows
         self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
         self.reloader.applied(snapshot)
 
@@ -90,6 +101,8 @@ class RouterApp:
         problems = []
         if not self.ready:
             problems.append("not started or draining")
+        if self.predlog is not None and not self.predlog.healthy:
+            problems.append(f"prediction log not writable: {self.predlog.last_error}")
         for route in self.live.snapshot.routes:
             if all(self.proxy.balancer.all_ejected(v) for v in route.versions.values()):
                 problems.append(f"route {route.name}: every version is ejected")
@@ -104,6 +117,9 @@ class RouterApp:
         self.proxy.draining = True
         proxy_runner, *others = self._runners
         await proxy_runner.cleanup()
+        await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
+        if self.predlog is not None:
+            await self.predlog.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -166,6 +166,7 @@ class Admin:
 @dataclass(frozen=True, slots=True)
 class PredictionLogSettings:
     dir: Path
+    enabled: bool = True      # an extension: false turns the log off (benchmarks only)
     payloads: PayloadPolicy = "full"
     redact: frozenset[str] = frozenset()
     max_payload_kb: float = 64
@@ -342,8 +343,8 @@ def _admin(p: Problems, raw: Any) -> Admin:
 
 
 def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:
-    keys = ("dir", "payloads", "redact", "max_payload_kb", "rotate_mb", "retain", "flush_ms",
-            "on_full", "block_ms")
+    keys = ("dir", "enabled", "payloads", "redact", "max_payload_kb", "rotate_mb", "retain",
+            "flush_ms", "on_full", "block_ms")
     spec = p.mapping("prediction_log", raw, keys) or {}
     out: dict[str, Any] = {"dir": base / "logs"}
     if "dir" in spec and (d := p.string("prediction_log.dir", spec["dir"])):
@@ -351,6 +352,8 @@ def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:
     if "payloads" in spec:
         out["payloads"] = p.string("prediction_log.payloads", spec["payloads"],
                                    ("full", "hash", "none")) or "full"
+    if "enabled" in spec:
+        out["enabled"] = p.boolean("prediction_log.enabled", spec["enabled"]) is not False
     if "on_full" in spec:
         out["on_full"] = p.string("prediction_log.on_full", spec["on_full"],
                                   ("block", "drop")) or "block"

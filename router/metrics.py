@@ -46,6 +46,23 @@ class Metrics:
                                ["result"], registry=r)
         self.config_info = Gauge("model_router_config_info", "The applied config revision.",
                                  ["revision"], registry=r)
+        self.shadow_dropped = Counter("model_router_shadow_dropped_total",
+                                      "Shadow copies dropped or failed.",
+                                      ["route", "version", "reason"], registry=r)
+        self.shadow_comparisons = Counter("model_router_shadow_comparisons_total",
+                                          "Shadow answers compared with the primary's.",
+                                          ["route", "version", "result"], registry=r)
+        self.version_mismatch = Counter("model_router_version_mismatch_total",
+                                        "Answers naming another model_version than the registry.",
+                                        ["route", "version"], registry=r)
+        self.predlog_records = Counter("model_router_predlog_records_total",
+                                       "Prediction log records written.", registry=r)
+        self.predlog_dropped = Counter("model_router_predlog_dropped_total",
+                                       "Prediction log records lost (on_full: drop).",
+                                       registry=r)
+        self.predlog_pending = Gauge("model_router_predlog_pending",
+                                     "Records buffered or reserved, not yet written.",
+                                     registry=r)
         self._request_children: dict[tuple[str, str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str, str], Any] = {}
 

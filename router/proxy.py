@@ -26,9 +26,12 @@ from yarl import URL
 
 from . import routing
 from .config import Limits, Route, Snapshot
-from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded, RouterError,
-                     UpstreamTimeout, UpstreamUnavailable)
+from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
+                     PredictionLogUnavailable, RouterError, UpstreamTimeout,
+                     UpstreamUnavailable)
 from .metrics import UNMATCHED, Metrics
+from .predlog import Entry, PredictionLog
+from .shadow import Shadows
 from .upstream import Balancer, request_headers, response_headers, translate
 
 log = logging.getLogger("model_router.proxy")
@@ -71,8 +74,11 @@ class Exchange:
     fallback_from: str | None
     error: str | None
     sticky_key: str | None
-    traceparent: str | None
-    served_model_version: str | None = None
+    trace_id: str | None
+    headers: Any                   # the client's headers (immutable), for shadow copies
+    peer: str | None
+    suffix: str = ""               # forwarded path remainder + query
+    response_total: int | None = None
 
 
 Observer = Callable[[Exchange], None]
@@ -85,6 +91,14 @@ def error_response(err: RouterError, request_id: str, route: str | None = None,
         headers["x-model-route"] = route
     return web.Response(status=err.status, body=orjson.dumps(err.body(request_id)),
                         content_type="application/json", headers=headers)
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (version-traceid-parentid-flags)."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) >= 4 and len(parts[1]) == 32 else None
 
 
 def _has_dot_segment(raw_path: str) -> bool:
@@ -135,6 +149,8 @@ class Proxy:
         self.session = session
         self.metrics = metrics
         self.balancer = balancer or Balancer()
+        self.predlog: PredictionLog | None = None
+        self.shadows: Shadows | None = None
         self.observers: list[Observer] = []
         self.inflight = 0
         self.draining = False
@@ -167,6 +183,8 @@ class Proxy:
     async def _serve(self, request: web.BaseRequest, snapshot: Snapshot, request_id: str,
                      started: float, ts: float) -> web.StreamResponse:
         raw_path = request.raw_path.partition("?")[0]
+        if raw_path == "/-/feedback":
+            return await self._feedback(request, snapshot, request_id, ts)
         found = routing.match(snapshot.routes, raw_path) \
             if not _has_dot_segment(raw_path) else None
         if found is None:
@@ -176,12 +194,35 @@ class Proxy:
             self.metrics.observe(UNMATCHED, None, "primary", 404, self._clock() - started)
             return error_response(NoRoute(f"no route matches {raw_path[:200]}"), request_id)
         route, rest = found
+        inference = request.body_exists
+        reserved = False
+        if inference and self.predlog is not None and \
+                self.predlog.settings.on_full == "block":
+            reserved = self.predlog.try_reserve() or await self.predlog.reserve()
+            if not reserved:
+                self.metrics.reject(route.name, 503)
+                return error_response(PredictionLogUnavailable(
+                    "the prediction log cannot take the record; not forwarded"),
+                    request_id, route.name)
         ex = Exchange(ts=ts, request_id=request_id, snapshot=snapshot, route=route,
                       method=request.method, version=None, reason=None, upstream=None,
                       status=0, latency_s=0.0, request_body=b"", response_body=None,
                       response_truncated=False, fallback_from=None, error=None,
-                      sticky_key=None, traceparent=request.headers.get("traceparent"))
+                      sticky_key=None, trace_id=trace_id(request.headers.get("traceparent")),
+                      headers=request.headers, peer=request.remote)
+        try:
+            response = await self._exchange(request, route, rest, ex)
+        finally:
+            ex.latency_s = self._clock() - started
+            if ex.status == 0:  # cancelled (shutdown grace ran out) before any answer
+                ex.error = ex.error or "cancelled before an answer"
+            self._notify(ex, inference, reserved)
+        return response
+
+    async def _exchange(self, request: web.BaseRequest, route: Route, rest: str,
+                        ex: Exchange) -> web.StreamResponse:
         response: web.StreamResponse
+        snapshot = ex.snapshot
         try:
             ex.request_body = await self._read_body(request, snapshot.limits)
             decision = self._decide(request, route, rest, ex)
@@ -191,13 +232,11 @@ class Proxy:
             if isinstance(err, BodyTooLarge):
                 self.metrics.reject(route.name, 413)
             ex.status, ex.error = err.status, err.message
-            response = error_response(err, request_id, route.name)
+            response = error_response(err, ex.request_id, route.name)
             if isinstance(err, BodyTooLarge):
                 response.force_close()
             if ex.version is not None:
                 response.headers["x-model-version"] = ex.version
-        ex.latency_s = self._clock() - started
-        self._notify(ex)
         return response
 
     # -- steps ------------------------------------------------------------------------------
@@ -261,7 +300,7 @@ class Proxy:
         if route.fallback is not None and route.fallback != decision.version:
             attempts.append(route.fallback)
         query = request.raw_path.partition("?")[2]
-        suffix = decision.rest + ("?" + query if query else "")
+        suffix = ex.suffix = decision.rest + ("?" + query if query else "")
         for attempt, name in enumerate(attempts):
             last = attempt == len(attempts) - 1
             version = route.versions[name]
@@ -315,7 +354,7 @@ class Proxy:
             response.content_length = upstream.content_length
         cap = int(ex.snapshot.prediction_log.max_payload_kb * 1024)
         copied: list[bytes] = []
-        kept = 0
+        kept = total = 0
         ok = upstream.status < 500
         try:
             await response.prepare(request)
@@ -333,6 +372,7 @@ class Proxy:
                     return response
                 if not chunk:
                     break
+                total += len(chunk)
                 if kept < cap:
                     copied.append(chunk[: cap - kept])
                     kept += min(len(chunk), cap - kept)
@@ -346,6 +386,7 @@ class Proxy:
             upstream.release()
             self.balancer.release(base, ok, outlier)
             ex.response_body = b"".join(copied)
+            ex.response_total = total
         return response
 
     def _v2_server_endpoint(self, snapshot: Snapshot, request: web.BaseRequest,
@@ -365,9 +406,67 @@ class Proxy:
                                               else {"ready": ready}),
                             content_type="application/json")
 
-    def _notify(self, ex: Exchange) -> None:
-        """Hand the exchange to every observer; an observer's failure is logged and counted."""
+    async def _feedback(self, request: web.BaseRequest, snapshot: Snapshot, request_id: str,
+                        ts: float) -> web.Response:
+        """``POST /-/feedback {"request_id", "outcome"}``: a feedback record, joined later."""
+        if request.method != "POST":
+            return error_response(BadRequest("feedback is POST {request_id, outcome}"),
+                                  request_id)
+        try:
+            body = await self._read_body(request, snapshot.limits)
+            doc = orjson.loads(body)
+        except RouterError as err:
+            return error_response(err, request_id)
+        except orjson.JSONDecodeError as exc:
+            return error_response(BadRequest(f"feedback is not JSON: {exc}"), request_id)
+        if not isinstance(doc, dict) or not isinstance(doc.get("request_id"), str) \
+                or not doc["request_id"] or not isinstance(doc.get("outcome"), dict):
+            return error_response(BadRequest(
+                'feedback needs {"request_id": "<id>", "outcome": {...}}'), request_id)
+        if self.predlog is not None:
+            reserved = self.predlog.try_reserve() or await self.predlog.reserve()
+            if not reserved:
+                return error_response(PredictionLogUnavailable(
+                    "the prediction log cannot take the feedback"), request_id)
+            self.predlog.add(Entry(
+                ts=ts, request_id=doc["request_id"], route=None,
+                revision=snapshot.revision, role="feedback", version=None, reason=None,
+                upstream=None, status=202, latency_ms=0.0, sticky_key=None,
+                request_body=None, response_body=None, outcome=doc["outcome"]), reserved=True)
+        return web.Response(status=202, body=orjson.dumps({"request_id": doc["request_id"],
+                                                          "accepted": True}),
+                            content_type="application/json")
+
+    def _notify(self, ex: Exchange, inference: bool, reserved: bool) -> None:
+        """Record a finished exchange: metrics, prediction log, shadows, observers.
+
+        Called exactly once per matched request, after the last byte went out; side effects
+        fail here, are logged and counted, and never reach the client.
+        """
         self.metrics.observe(ex.route.name, ex.version, "primary", ex.status, ex.latency_s)
+        if self.predlog is not None and inference:
+            try:
+                self.predlog.add(Entry(
+                    ts=ex.ts, request_id=ex.request_id, route=ex.route,
+                    revision=ex.snapshot.revision, role="primary", version=ex.version,
+                    reason=ex.reason, upstream=ex.upstream, status=ex.status,
+                    latency_ms=ex.latency_s * 1000, sticky_key=ex.sticky_key,
+                    request_body=ex.request_body, response_body=ex.response_body,
+                    response_truncated=ex.response_truncated,
+                    response_total=ex.response_total, fallback_from=ex.fallback_from,
+                    error=ex.error, trace_id=ex.trace_id), reserved)
+            except Exception:  # noqa: BLE001
+                self.observer_errors += 1
+                log.exception("prediction log entry failed for %s", ex.request_id)
+        elif reserved and self.predlog is not None:
+            self.predlog.release()
+        if self.shadows is not None and inference and ex.route.shadows \
+                and ex.upstream is not None:
+            try:
+                self.shadows.mirror(ex)
+            except Exception:  # noqa: BLE001
+                self.observer_errors += 1
+                log.exception("shadow mirroring failed for %s", ex.request_id)
         for observer in self.observers:
             try:
                 observer(ex)

@@ -89,7 +89,9 @@ class Reloader:
                 self.last_error = None
                 return current
             fixed = [(snapshot.listen, current.listen, "listen"),
-                     (snapshot.admin, current.admin, "admin")]
+                     (snapshot.admin, current.admin, "admin"),
+                     (snapshot.prediction_log, current.prediction_log, "prediction_log"),
+                     (snapshot.state_dir, current.state_dir, "state_dir")]
             for new, old, key in fixed:
                 if new != old:
                     log.warning("%s changed; it takes effect at the next restart", key)

@@ -1,0 +1,409 @@
+"""The prediction log: one JSONL line per primary request, shadow copy and feedback.
+
+The hot path only reserves a slot (``try_reserve``/``reserve``) and hands over an entry
+(``add``); building the record (payload policy, redaction, hashing, orjson) and writing it
+happen in a worker thread every ``flush_ms``. Files are
+``<dir>/predictions-<UTC yyyymmddThhmmss>-<pid>.jsonl``, rotated by size, never rewritten once
+closed, and pruned by ``retain`` (oldest closed files first).
+
+``on_full: block``: a request reserves its slot before it is forwarded, so an answered
+prediction always has its record; with no slot within ``block_ms`` it is answered 503.
+``on_full: drop``: the request is served and the lost record counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from .config import PredictionLogSettings, Route
+from .history import iso
+
+log = logging.getLogger("model_router.predlog")
+
+BUFFER_RECORDS = 8192      # entries buffered or reserved at most (bounded memory)
+REDACTED = "***"
+
+
+# -- record building (runs in the writer thread) ----------------------------------------------
+
+def keyed_hash(secret: bytes, value: str) -> str:
+    """The sticky key as stored: keyed blake2b, so a guessed id cannot be confirmed."""
+    return hashlib.blake2b(value.encode(), key=secret, digest_size=16).hexdigest()
+
+
+def load_log_key(state_dir: Path, env: dict[str, str] | None = None) -> bytes:
+    """MODEL_ROUTER_LOG_KEY, or a random key created once in ``<state_dir>/log.key``."""
+    env = env if env is not None else dict(os.environ)
+    if env.get("MODEL_ROUTER_LOG_KEY"):
+        return hashlib.blake2b(env["MODEL_ROUTER_LOG_KEY"].encode(), digest_size=32).digest()
+    path = state_dir / "log.key"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"log.key.tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        try:
+            os.link(tmp, path)  # first writer wins, even across processes
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_bytes()
+
+
+def redact(doc: Any, names: frozenset[str], protocol: str) -> Any:
+    """v2: blank the data of inputs named in ``names``; json: the named keys at any depth."""
+    if not names:
+        return doc
+    if protocol == "v2" and isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
+        for item in doc["inputs"]:
+            if isinstance(item, dict) and item.get("name") in names:
+                item["data"] = REDACTED
+        return doc
+    if isinstance(doc, dict):
+        return {k: (REDACTED if k in names else redact(v, names, protocol))
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [redact(v, names, protocol) for v in doc]
+    return doc
+
+
+def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,
+            truncated: bool = False, total: int | None = None) -> Any:
+    """A request or response body as stored, per ``payloads`` and ``max_payload_kb``."""
+    if data is None or settings.payloads == "none":
+        return None
+    size = total if total is not None else len(data)
+    if truncated or size > settings.max_payload_kb * 1024:
+        return {"_truncated": True, "bytes": size,
+                "sha256": hashlib.sha256(data).hexdigest() if not truncated else None}
+    if settings.payloads == "hash":
+        return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}
+    if not data:
+        return None
+    if protocol != "raw":
+        try:
+            return redact(orjson.loads(data), settings.redact, protocol)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"_base64": base64.b64encode(data).decode()}
+
+
+def served_model_version(output: Any) -> str | None:
+    """The version a V2 answer names itself (``model_version``), if any."""
+    if isinstance(output, dict):
+        value = output.get("model_version")
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+@dataclass(slots=True)
+class Entry:
+    """What the hot path hands over; the record is built from it in the writer thread."""
+
+    ts: float
+    request_id: str
+    route: Route | None
+    revision: str
+    role: str
+    version: str | None
+    reason: str | None
+    upstream: str | None
+    status: int
+    latency_ms: float
+    sticky_key: str | None
+    request_body: bytes | None
+    response_body: bytes | None
+    response_truncated: bool = False
+    response_total: int | None = None
+    fallback_from: str | None = None
+    compare: dict[str, Any] | None = None
+    error: str | None = None
+    violations: list[dict[str, Any]] | None = None
+    trace_id: str | None = None
+    outcome: dict[str, Any] | None = None
+
+
+def origin(url: str | None) -> str | None:
+    """``http://host:port`` of an upstream URL: where the request went, without the path."""
+    if not url:
+        return None
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def build_record(entry: Entry, settings: PredictionLogSettings, secret: bytes,
+                 ) -> tuple[dict[str, Any], str | None]:
+    """The JSON record of DESIGN.md "Prediction log"; also the served model version."""
+    route = entry.route
+    protocol = route.protocol if route else "json"
+    output = payload(entry.response_body, settings, protocol, entry.response_truncated,
+                     entry.response_total)
+    served = None
+    if settings.payloads == "full" and isinstance(output, dict) and "_truncated" not in output:
+        served = served_model_version(output)
+    elif protocol == "v2" and entry.response_body and not entry.response_truncated:
+        try:  # the served version is recorded whatever the payload policy
+            served = served_model_version(orjson.loads(entry.response_body))
+        except orjson.JSONDecodeError:
+            served = None
+    record = {
+        "ts": iso(entry.ts), "request_id": entry.request_id,
+        "route": route.name if route else None, "model": route.model if route else None,
+        "version": entry.version, "role": entry.role, "reason": entry.reason,
+        "upstream": origin(entry.upstream), "status": entry.status,
+        "latency_ms": round(entry.latency_ms, 3), "config_revision": entry.revision,
+        "schema": route.input_schema if route else None,
+        "sticky_key": keyed_hash(secret, entry.sticky_key) if entry.sticky_key else None,
+        "input": payload(entry.request_body, settings, protocol),
+        "output": output, "violations": entry.violations or [],
+        "served_model_version": served, "fallback_from": entry.fallback_from,
+        "compare": entry.compare, "error": entry.error, "trace_id": entry.trace_id,
+    }
+    if entry.outcome is not None:
+        record["outcome"] = entry.outcome
+    return record, served
+
+
+# -- files -------------------------------------------------------------------------------------
+
+def file_name(now: float, pid: int) -> str:
+    return f"predictions-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{pid}.jsonl"
+
+
+class LogFiles:
+    """The current file, rotation by size and retention; used from the writer thread only."""
+
+    def __init__(self, settings: PredictionLogSettings, wall: Callable[[], float] = time.time,
+                 ) -> None:
+        self.settings = settings
+        self.dir = settings.dir
+        self._wall = wall
+        self._file: BinaryIO | None = None
+        self.path: Path | None = None
+        self._size = 0
+
+    def __repr__(self) -> str:
+        return f"<LogFiles {self.path} size={self._size}>"
+
+    def _open(self) -> BinaryIO:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = file_name(self._wall(), os.getpid())
+        path = self.dir / name
+        n = 0
+        while path.exists():  # two rotations within one second
+            n += 1
+            path = self.dir / name.replace(".jsonl", f"-{n}.jsonl")
+        self._file = open(path, "ab")  # noqa: SIM115 - kept open across batches
+        self.path = path
+        self._size = 0
+        self.prune()
+        return self._file
+
+    def write(self, data: bytes) -> None:
+        f = self._file or self._open()
+        f.write(data)
+        f.flush()
+        self._size += len(data)
+        if self._size >= self.settings.rotate_mb * 1024 * 1024:
+            self.close()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def prune(self) -> list[Path]:
+        """Delete closed files older than ``retain.days``, then oldest while over the cap."""
+        files = sorted(self.dir.glob("predictions-*.jsonl"), key=lambda p: p.stat().st_mtime)
+        closed = [p for p in files if p != self.path]
+        removed = []
+        if self.settings.retain_days:
+            horizon = self._wall() - self.settings.retain_days * 86400
+            for p in list(closed):
+                if p.stat().st_mtime < horizon:
+                    p.unlink(missing_ok=True)
+                    closed.remove(p)
+                    removed.append(p)
+        if self.settings.retain_max_total_gb:
+            cap = self.settings.retain_max_total_gb * 1024 ** 3
+            total = sum(p.stat().st_size for p in files if p.exists())
+            for p in list(closed):
+                if total <= cap:
+                    break
+                total -= p.stat().st_size
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        for p in removed:
+            log.info("retention removed %s", p.name)
+        return removed
+
+
+# -- the writer --------------------------------------------------------------------------------
+
+Sink = Callable[[bytes], None]
+
+
+class PredictionLog:
+    """Bounded buffer + a flush task on the loop + writes in a worker thread."""
+
+    def __init__(self, settings: PredictionLogSettings, secret: bytes, *,
+                 sink: Sink | None = None, metrics: Any = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.secret = secret
+        self.files = LogFiles(settings, wall)
+        self.sink: Sink = sink or self.files.write
+        self.metrics = metrics
+        self._entries: list[Entry] = []
+        self._reserved = 0          # slots promised to requests in flight
+        self._room = asyncio.Event()
+        self._room.set()
+        self._lock = threading.Lock()  # serializes sink calls (flush thread vs close)
+        self._task: asyncio.Task[None] | None = None
+        self.healthy = True
+        self.last_error: str | None = None
+        self.written = 0
+        self.dropped = 0
+
+    def __repr__(self) -> str:
+        return (f"<PredictionLog pending={self.pending} written={self.written} "
+                f"dropped={self.dropped} healthy={self.healthy}>")
+
+    @property
+    def pending(self) -> int:
+        return len(self._entries) + self._reserved
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def try_reserve(self) -> bool:
+        """Reserve a slot without waiting; False when the buffer is full."""
+        if len(self._entries) + self._reserved >= BUFFER_RECORDS:
+            self._room.clear()
+            return False
+        self._reserved += 1
+        return True
+
+    async def reserve(self) -> bool:
+        """Reserve a slot, waiting up to ``block_ms`` for room (on_full: block)."""
+        if self.try_reserve():
+            return True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.block_ms / 1000
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._room.wait(), remaining)
+            except TimeoutError:
+                return False
+            if self.try_reserve():
+                return True
+
+    def release(self) -> None:
+        """Give back a reservation that will not be used."""
+        self._reserved -= 1
+
+    def add(self, entry: Entry, reserved: bool) -> bool:
+        """Queue a record. Without a reservation it is dropped (and counted) when full."""
+        if reserved:
+            self._reserved -= 1
+        elif len(self._entries) + self._reserved >= BUFFER_RECORDS:
+            self._drop()
+            return False
+        self._entries.append(entry)
+        return True
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.metrics is not None:
+            self.metrics.predlog_dropped.inc()
+
+    # -- background -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        interval = self.settings.flush_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what is buffered; on failure keep it for the next flush (and mark unhealthy)."""
+        if self.metrics is not None:
+            self.metrics.predlog_pending.set(self.pending)
+        if not self._entries:
+            return
+        batch, self._entries = self._entries, []
+        try:
+            await asyncio.to_thread(self._write, batch)
+        except Exception as exc:  # noqa: BLE001 - a failing disk must not kill the router
+            self._entries[:0] = batch
+            if self.healthy:
+                log.error("prediction log write failed, keeping %d records: %s",
+                          len(batch), exc)
+            self.healthy = False
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return
+        if not self.healthy:
+            log.warning("prediction log writable again")
+        self.healthy = True
+        self.last_error = None
+        if not self._room.is_set() and self.pending < BUFFER_RECORDS:
+            self._room.set()
+
+    def _write(self, batch: list[Entry]) -> None:
+        lines = []
+        mismatches = []
+        for entry in batch:
+            record, served = build_record(entry, self.settings, self.secret)
+            lines.append(orjson.dumps(record))
+            route = entry.route
+            if served is not None and route is not None and entry.version is not None:
+                expected = route.versions[entry.version].model_version \
+                    if entry.version in route.versions else None
+                if expected is not None and served != expected:
+                    mismatches.append((route.name, entry.version))
+        data = b"\n".join(lines) + b"\n"
+        with self._lock:
+            self.sink(data)
+        self.written += len(batch)
+        if self.metrics is not None:
+            self.metrics.predlog_records.inc(len(batch))
+            for route_name, version in mismatches:
+                self.metrics.version_mismatch.labels(route_name, version).inc()
+
+    async def close(self) -> None:
+        """Flush everything (called at shutdown, after in-flight requests finished)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for _ in range(3):
+            await self.flush()
+            if not self._entries:
+                break
+        if self._entries:
+            log.error("prediction log: %d records could not be written at shutdown",
+                      len(self._entries))
+        await asyncio.to_thread(self.files.close)
