@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from .config import load_snapshot
 from .errors import ConfigError
@@ -41,6 +42,125 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config)
 
 
+def _config_paths(config: str) -> tuple[Path, Path]:
+    """state_dir and prediction_log.dir named by a router.yaml, read without compiling it."""
+    from . import yaml12
+
+    path = Path(config)
+    doc = yaml12.loads(path.read_bytes()) if path.exists() else {}
+    doc = doc if isinstance(doc, dict) else {}
+    state = path.parent / str(doc.get("state_dir", "state"))
+    predlog = doc.get("prediction_log") if isinstance(doc.get("prediction_log"), dict) else {}
+    logs = path.parent / str(predlog.get("dir", "logs"))
+    return state, logs
+
+
+def _print_json(data: object) -> None:
+    import orjson
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str("" if r.get(c) is None else r.get(c)).ljust(widths[c])
+                        for c in columns))
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import LogQuery, parse_time, revision_context
+
+    state_dir, default_logs = _config_paths(args.config)
+    log_dir = Path(args.log_dir) if args.log_dir else default_logs
+    if not log_dir.is_dir():
+        print(f"no prediction log directory {log_dir}", file=sys.stderr)
+        return 1
+    try:
+        since = parse_time(args.since) if args.since else None
+        until = parse_time(args.until) if args.until else None
+    except ValueError as exc:
+        print(f"bad time: {exc}", file=sys.stderr)
+        return 1
+    query = LogQuery(log_dir)
+    if args.request_id:
+        records = query.by_request(args.request_id)
+        if not records:
+            print(f"no record of request {args.request_id} in {log_dir}", file=sys.stderr)
+            return 1
+        primary = next((r for r in records if r["role"] == "primary"), records[0])
+        context = revision_context(state_dir, primary.get("config_revision"),
+                                   primary.get("route"), primary.get("model"),
+                                   primary.get("version"))
+        if args.json:
+            _print_json({"request_id": args.request_id, "records": records,
+                         "context": context})
+            return 0
+        print(f"request {args.request_id}")
+        for r in records:
+            print(f"- {r['role']:<8} {r['ts']}  route={r['route']} version={r['version']} "
+                  f"reason={r['reason']} status={r['status']} latency_ms={r['latency_ms']} "
+                  f"served_model_version={r['served_model_version']}")
+            for key in ("fallback_from", "error", "compare", "outcome", "violations"):
+                if r.get(key):
+                    print(f"    {key}: {r[key]}")
+        print(f"config revision {context['revision']} ({context.get('config_dir', '-')})")
+        if context["problem"]:
+            print(f"  {context['problem']}")
+        entry = context["registry_entry"] or {}
+        print(f"registry entry of {primary.get('model')}/{primary.get('version')}:")
+        for key in ("training_data", "schema", "metrics", "created", "model_version"):
+            print(f"  {key}: {entry.get(key)}")
+        if context["route"]:
+            print(f"route as configured then: {context['route']}")
+        return 0
+    rows = query.filter(route=args.route, version=args.version, role=args.role,
+                        status=args.status, since=since, until=until, limit=args.limit)
+    if args.json:
+        _print_json(rows)
+    else:
+        _table(rows, ["ts", "request_id", "route", "version", "role", "reason", "status",
+                      "latency_ms"])
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from .audit import parse_time
+    from .history import History
+
+    state_dir, _ = _config_paths(args.config)
+    events = History(state_dir).read()
+    if args.at:
+        try:
+            at = parse_time(args.at)
+        except ValueError as exc:
+            print(f"bad time: {exc}", file=sys.stderr)
+            return 1
+        from .history import iso
+        stamp = iso(at.timestamp())
+        live = [e for e in events if e.get("event") == "applied" and e.get("ts", "") <= stamp]
+        if not live:
+            print(f"no config was applied before {stamp}", file=sys.stderr)
+            return 1
+        last = live[-1]
+        if args.json:
+            _print_json(last)
+        else:
+            print(f"at {stamp}: revision {last['revision']} (applied {last['ts']}, "
+                  f"source {last['source']})")
+            for name, state in last.get("routes", {}).items():
+                print(f"  {name}: {state}")
+        return 0
+    if args.json:
+        _print_json(events)
+        return 0
+    for e in events:
+        detail = e.get("routes") if e.get("event") == "applied" else e.get("errors")
+        print(f"{e.get('ts')}  {e.get('event'):<9} {str(e.get('revision')):<12} "
+              f"{e.get('source'):<8} {detail}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
     return demo(args.dir, args.duration)
@@ -60,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate config, registry and schema compatibility")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.set_defaults(func=_check)
+
+    p = sub.add_parser("audit", help="records of a request, or filtered records")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--log-dir")
+    p.add_argument("request_id", nargs="?")
+    p.add_argument("--route")
+    p.add_argument("--version")
+    p.add_argument("--role", choices=["primary", "shadow", "feedback"])
+    p.add_argument("--status", type=int)
+    p.add_argument("--since")
+    p.add_argument("--until")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser("history", help="deployment history; --at T: what was live at T")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--at")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_history)
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
     p.add_argument("--dir", default="demo")

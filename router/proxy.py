@@ -32,12 +32,11 @@ from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
 from .shadow import Shadows
-from .upstream import Balancer, request_headers, response_headers, translate
+from .upstream import SKIP_AUTO, Balancer, request_headers, response_headers, translate
 
 log = logging.getLogger("model_router.proxy")
 
 BUFFER_MAX = 1 << 20          # answers up to 1 MiB with a Content-Length are buffered whole
-_SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 _FALLBACK_KINDS = ("connect", "reset")
 _MAX_REQUEST_ID = 200
 
@@ -313,7 +312,7 @@ class Proxy:
                 async with asyncio.timeout(route.timeout_s):
                     upstream = await self.session.request(
                         request.method, URL(base + suffix, encoded=True), data=ex.request_body if request.body_exists else None,
-                        headers=headers, skip_auto_headers=_SKIP_AUTO, allow_redirects=False,
+                        headers=headers, skip_auto_headers=SKIP_AUTO, allow_redirects=False,
                         ssl=version.tls if version.tls is not None else True)
                     length = upstream.content_length
                     buffered = (length is not None and length <= BUFFER_MAX) \

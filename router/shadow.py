@@ -23,7 +23,7 @@ from yarl import URL
 
 from .config import Route, Shadow
 from .predlog import Entry, PredictionLog
-from .upstream import Balancer, request_headers, translate
+from .upstream import SKIP_AUTO, Balancer, request_headers, translate
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -161,7 +161,7 @@ class Shadows:
             async with asyncio.timeout(shadow.timeout_s):
                 async with self.session.request(
                         ex.method, URL(base + ex.suffix, encoded=True), data=ex.request_body,
-                        headers=headers, allow_redirects=False,
+                        headers=headers, skip_auto_headers=SKIP_AUTO, allow_redirects=False,
                         ssl=version.tls if version.tls is not None else True) as resp:
                     status = resp.status
                     body = await resp.read()

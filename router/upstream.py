@@ -19,6 +19,8 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "proxy-connection",
 })
+# Sent only when the client sent them: the proxy adds no headers of its own choosing.
+SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 # Never copied from the client: recomputed by the client library or set by the router.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "x-forwarded-for"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "x-request-id", "x-model-version",
