@@ -267,14 +267,17 @@ class PredictionLog:
 
     def __init__(self, settings: PredictionLogSettings, secret: bytes, *,
                  sink: Sink | None = None, metrics: Any = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 capacity: int = BUFFER_RECORDS) -> None:
         self.settings = settings
+        self.capacity = capacity
         self.secret = secret
         self.files = LogFiles(settings, wall)
         self.sink: Sink = sink or self.files.write
         self.metrics = metrics
         self._entries: list[Entry] = []
         self._reserved = 0          # slots promised to requests in flight
+        self._writing = 0           # entries of the batch being written right now
         self._room = asyncio.Event()
         self._room.set()
         self._lock = threading.Lock()  # serializes sink calls (flush thread vs close)
@@ -290,13 +293,14 @@ class PredictionLog:
 
     @property
     def pending(self) -> int:
-        return len(self._entries) + self._reserved
+        """Entries buffered, being written, or reserved: what counts against capacity."""
+        return len(self._entries) + self._writing + self._reserved
 
     # -- hot path ---------------------------------------------------------------------------
 
     def try_reserve(self) -> bool:
         """Reserve a slot without waiting; False when the buffer is full."""
-        if len(self._entries) + self._reserved >= BUFFER_RECORDS:
+        if self.pending >= self.capacity:
             self._room.clear()
             return False
         self._reserved += 1
@@ -327,7 +331,7 @@ class PredictionLog:
         """Queue a record. Without a reservation it is dropped (and counted) when full."""
         if reserved:
             self._reserved -= 1
-        elif len(self._entries) + self._reserved >= BUFFER_RECORDS:
+        elif self.pending >= self.capacity:
             self._drop()
             return False
         self._entries.append(entry)
@@ -356,6 +360,7 @@ class PredictionLog:
         if not self._entries:
             return
         batch, self._entries = self._entries, []
+        self._writing = len(batch)
         try:
             await asyncio.to_thread(self._write, batch)
         except Exception as exc:  # noqa: BLE001 - a failing disk must not kill the router
@@ -366,11 +371,13 @@ class PredictionLog:
             self.healthy = False
             self.last_error = f"{type(exc).__name__}: {exc}"
             return
+        finally:
+            self._writing = 0
         if not self.healthy:
             log.warning("prediction log writable again")
         self.healthy = True
         self.last_error = None
-        if not self._room.is_set() and self.pending < BUFFER_RECORDS:
+        if not self._room.is_set() and self.pending < self.capacity:
             self._room.set()
 
     def _write(self, batch: list[Entry]) -> None:

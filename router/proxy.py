@@ -372,10 +372,11 @@ class Proxy:
                 if not chunk:
                     break
                 total += len(chunk)
-                if kept < cap:
-                    copied.append(chunk[: cap - kept])
-                    kept += min(len(chunk), cap - kept)
-                else:
+                room = cap - kept
+                if room > 0:
+                    copied.append(chunk[:room])
+                    kept += min(len(chunk), room)
+                if len(chunk) > room:
                     ex.response_truncated = True
                 await response.write(chunk)
             await response.write_eof()
