@@ -20,9 +20,21 @@ from .config import Snapshot
 log = logging.getLogger("model_router.history")
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def iso(ts: float) -> str:
-    """UTC ISO 8601 with milliseconds and a Z, the log's timestamp format."""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """UTC ISO 8601 with milliseconds and a Z, the log's timestamp format.
+
+    The formatted second is cached: records arrive thousands per second.
+    """
+    global _second
+    second = int(ts)
+    cached = _second  # one read of one tuple: safe from the writer thread too
+    if cached[0] != second:
+        cached = _second = (second, datetime.fromtimestamp(second, timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{int((ts - second) * 1000):03d}Z"
 
 
 def route_states(snapshot: Snapshot) -> dict[str, Any]:

@@ -69,10 +69,11 @@ def redact(doc: Any, names: frozenset[str], protocol: str) -> Any:
     """v2: blank the data of inputs named in ``names``; json: the named keys at any depth."""
     if not names:
         return doc
-    if protocol == "v2" and isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
-        for item in doc["inputs"]:
-            if isinstance(item, dict) and item.get("name") in names:
-                item["data"] = REDACTED
+    if protocol == "v2":
+        if isinstance(doc, dict) and isinstance(doc.get("inputs"), list):
+            for item in doc["inputs"]:
+                if isinstance(item, dict) and item.get("name") in names:
+                    item["data"] = REDACTED
         return doc
     if isinstance(doc, dict):
         return {k: (REDACTED if k in names else redact(v, names, protocol))
