@@ -24,7 +24,8 @@ import yaml
 from . import yaml12
 from .errors import ConfigError
 from .problems import Problems, join, nearest
-from .registry import EMPTY, Registry, parse_registry
+from .registry import EMPTY, Registry, gate, parse_registry
+from .validation import Validator
 
 Protocol = Literal["v2", "json", "raw"]
 Validation = Literal["enforce", "log", "off"]
@@ -114,6 +115,7 @@ class Route:
     outlier: Outlier
     drift: Drift
     pinned: Mapping[str, str]             # version name or model_version -> version name
+    validator: Validator | None = None    # compiled from input_schema unless off or raw
 
     def weights(self) -> dict[str, float]:
         """Effective traffic percent per version (blue/green: 100 on the active colour)."""
@@ -586,6 +588,8 @@ def _route(p: Problems, path: str, raw: Any, registry: Registry, base: Path,
         version = _version(p, vpath, vname, vraw, registry, model, base)
         if version is not None:
             versions[vname] = version
+    if input_schema in registry.schemas and model in registry.models:
+        _gate(p, path, registry, model, input_schema, versions)
     names_ok = vspec is not None and len(versions) == len(vspec)
     checked = {k: None for k in (vspec or {}) if isinstance(k, str)}
 
@@ -621,12 +625,35 @@ def _route(p: Problems, path: str, raw: Any, registry: Registry, base: Path,
         if v.model_version:
             pinned.setdefault(v.model_version, v.name)
     pinned.update({v: v for v in versions})
+    validator = None
+    if input_schema in registry.schemas and protocol != "raw" and validation != "off":
+        validator = Validator(registry.schemas[input_schema], protocol)
     return Route(name=name, prefix=prefix, protocol=protocol,  # type: ignore[arg-type]
                  model=model, input_schema=input_schema,
                  validation=validation,  # type: ignore[arg-type]
                  versions=versions, split=split, bounds=bounds, blue_green=blue_green,
                  sticky=sticky, override=override, shadows=shadows, fallback=fallback,
-                 timeout_s=timeout_s, outlier=outlier, drift=drift, pinned=pinned)
+                 timeout_s=timeout_s, outlier=outlier, drift=drift, pinned=pinned,
+                 validator=validator)
+
+
+def _gate(p: Problems, path: str, registry: Registry, model: str, input_schema: str,
+          versions: Mapping[str, Version]) -> None:
+    """The schema-compatibility gate over every version the route lists (all are reachable:
+    split, colours, override, pinned paths, shadows, fallback)."""
+    traffic = registry.schemas[input_schema]
+    for name in versions:
+        entry = registry.version(model, name)
+        if entry is None:
+            continue  # reported already: the version is not in the registry
+        if entry.schema is None or entry.schema not in registry.schemas:
+            p.warn(path, f"version {name} has no schema in the registry: not gated")
+            continue
+        errors, warnings = gate(traffic, name, registry.schemas[entry.schema])
+        for message in errors:
+            p.error(path, message)
+        for message in warnings:
+            p.warn(path, message)
 
 
 def _blue_green(p: Problems, path: str, raw: Any, versions: Mapping[str, Any],

@@ -55,6 +55,9 @@ class Metrics:
         self.version_mismatch = Counter("model_router_version_mismatch_total",
                                         "Answers naming another model_version than the registry.",
                                         ["route", "version"], registry=r)
+        self.schema_violations_total = Counter("model_router_schema_violations_total",
+                                               "Request fields violating the input schema.",
+                                               ["route", "field", "kind"], registry=r)
         self.predlog_records = Counter("model_router_predlog_records_total",
                                        "Prediction log records written.", registry=r)
         self.predlog_dropped = Counter("model_router_predlog_dropped_total",
@@ -87,6 +90,11 @@ class Metrics:
 
     def upstream_error(self, route: str, version: str, kind: str) -> None:
         self.upstream_errors.labels(route, version, kind).inc()
+
+    def schema_violations(self, route: str, violations: list[dict[str, Any]]) -> None:
+        """Count each (field, kind) once per request; fields come from the schema."""
+        for field, kind in {(v["field"] or "_request", v["kind"]) for v in violations}:
+            self.schema_violations_total.labels(route, field, kind).inc()
 
     def reject(self, route: str, code: int) -> None:
         self.rejected.labels(route, str(code)).inc()

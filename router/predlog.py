@@ -143,6 +143,14 @@ class Entry:
     outcome: dict[str, Any] | None = None
 
 
+def _redacted(violations: list[dict[str, Any]] | None, names: frozenset[str],
+              ) -> list[dict[str, Any]]:
+    """Violations as logged: the offending value of a redacted field is not kept."""
+    if not violations:
+        return []
+    return [{**v, "got": REDACTED} if v.get("field") in names else v for v in violations]
+
+
 def origin(url: str | None) -> str | None:
     """``http://host:port`` of an upstream URL: where the request went, without the path."""
     if not url:
@@ -175,7 +183,7 @@ def build_record(entry: Entry, settings: PredictionLogSettings, secret: bytes,
         "schema": route.input_schema if route else None,
         "sticky_key": keyed_hash(secret, entry.sticky_key) if entry.sticky_key else None,
         "input": payload(entry.request_body, settings, protocol),
-        "output": output, "violations": entry.violations or [],
+        "output": output, "violations": _redacted(entry.violations, settings.redact),
         "served_model_version": served, "fallback_from": entry.fallback_from,
         "compare": entry.compare, "error": entry.error, "trace_id": entry.trace_id,
     }

@@ -27,7 +27,7 @@ from yarl import URL
 from . import routing
 from .config import Limits, Route, Snapshot
 from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
-                     PredictionLogUnavailable, RouterError, UpstreamTimeout,
+                     PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamTimeout,
                      UpstreamUnavailable)
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
@@ -39,6 +39,7 @@ log = logging.getLogger("model_router.proxy")
 BUFFER_MAX = 1 << 20          # answers up to 1 MiB with a Content-Length are buffered whole
 _FALLBACK_KINDS = ("connect", "reset")
 _MAX_REQUEST_ID = 200
+_UNPARSED = object()
 
 
 class Live:
@@ -78,6 +79,7 @@ class Exchange:
     peer: str | None
     suffix: str = ""               # forwarded path remainder + query
     response_total: int | None = None
+    violations: list[dict[str, Any]] | None = None
 
 
 Observer = Callable[[Exchange], None]
@@ -224,7 +226,9 @@ class Proxy:
         snapshot = ex.snapshot
         try:
             ex.request_body = await self._read_body(request, snapshot.limits)
-            decision = self._decide(request, route, rest, ex)
+            doc = self._validate(route, ex) if route.validator is not None \
+                and ex.request_body else _UNPARSED
+            decision = self._decide(request, route, rest, ex, doc)
             ex.version, ex.reason = decision.version, decision.reason
             response = await self._forward(request, route, decision, ex)
         except RouterError as err:
@@ -272,8 +276,34 @@ class Proxy:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _validate(self, route: Route, ex: Exchange) -> Any:
+        """Check the body against the route's input_schema; returns the parsed body.
+
+        ``enforce`` raises SchemaViolation (422) with every violation; ``log`` keeps them on
+        the exchange for the prediction log and the metrics.
+        """
+        assert route.validator is not None
+        try:
+            doc = orjson.loads(ex.request_body)
+        except orjson.JSONDecodeError as exc:
+            if route.validation == "enforce":
+                raise BadRequest(f"the body is not JSON: {exc}") from None
+            violations = [{"field": None, "kind": "format", "expected": "JSON",
+                           "got": str(exc)[:80], "row": None}]
+            doc = _UNPARSED
+        else:
+            violations = route.validator.validate(doc)
+        if violations:
+            ex.violations = violations
+            self.metrics.schema_violations(route.name, violations)
+            if route.validation == "enforce":
+                raise SchemaViolation(
+                    f"{len(violations)} violation(s) of schema {route.input_schema}",
+                    details=violations)
+        return doc
+
     def _decide(self, request: web.BaseRequest, route: Route, rest: str,
-                ex: Exchange) -> routing.Decision:
+                ex: Exchange, doc: Any) -> routing.Decision:
         override = None
         if route.override is not None:
             override = request.headers.get(route.override.header) or None
@@ -286,7 +316,9 @@ class Proxy:
                 key = request.cookies.get(sticky.key) or None
             elif ex.request_body:
                 try:
-                    key = json_field(orjson.loads(ex.request_body), sticky.key)
+                    if doc is _UNPARSED:
+                        doc = orjson.loads(ex.request_body)
+                    key = json_field(doc, sticky.key)
                 except orjson.JSONDecodeError:
                     key = None
         ex.sticky_key = key
@@ -454,7 +486,8 @@ class Proxy:
                     request_body=ex.request_body, response_body=ex.response_body,
                     response_truncated=ex.response_truncated,
                     response_total=ex.response_total, fallback_from=ex.fallback_from,
-                    error=ex.error, trace_id=ex.trace_id), reserved)
+                    error=ex.error, trace_id=ex.trace_id, violations=ex.violations),
+                    reserved)
             except Exception:  # noqa: BLE001
                 self.observer_errors += 1
                 log.exception("prediction log entry failed for %s", ex.request_id)

@@ -179,3 +179,61 @@ def parse_registry(p: Problems, tree: Any, base: Path) -> Registry:
                     versions[vname] = parsed_v
         models[mname] = versions
     return Registry(schemas=schemas, models=models)
+
+
+# -- the deploy-time gate ----------------------------------------------------------------------
+
+def _widens(traffic: str, version: str) -> bool:
+    """int -> float widens; any other type change is incompatible."""
+    return traffic == version or (traffic == "int" and version == "float")
+
+
+def gate(traffic: Schema, version: str, version_schema: Schema) -> tuple[list[str], list[str]]:
+    """Can ``version`` (trained on ``version_schema``) take traffic shaped as ``traffic``?
+
+    Returns (errors, warnings). Errors: a required field missing from the traffic (with the
+    nearest present name suggested), an incompatible type, or the shared fields in another
+    order (positional encodings, a 2-D V2 tensor or list rows, would feed wrong columns).
+    Warnings: traffic's declared range, enum or nullability wider than the version's.
+    """
+    from .problems import nearest
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    ids = f"version {version} (schema {version_schema.id}, traffic {traffic.id})"
+    present = {f.name: f for f in traffic.fields}
+    for need in version_schema.fields:
+        got = present.get(need.name)
+        if got is None:
+            if need.required:
+                hint = nearest(need.name, present)
+                carried = f"; traffic carries {hint}" if hint else \
+                    "; traffic has no such field"
+                errors.append(f"{version} requires {need.name}{carried} "
+                              f"({need.type}; {ids})")
+            continue
+        if not _widens(got.type, need.type):
+            errors.append(f"{ids}: field {need.name} is {got.type} in traffic but "
+                          f"{version} was trained on {need.type} (only int -> float widens)")
+            continue
+        if need.min is not None and (got.min is None or got.min < need.min):
+            warnings.append(f"{ids}: {need.name} may go below {version}'s min {need.min:g} "
+                            f"(traffic min {'none' if got.min is None else f'{got.min:g}'})")
+        if need.max is not None and (got.max is None or got.max > need.max):
+            warnings.append(f"{ids}: {need.name} may go above {version}'s max {need.max:g} "
+                            f"(traffic max {'none' if got.max is None else f'{got.max:g}'})")
+        if need.enum is not None:
+            extra = [v for v in (got.enum or ()) if v not in need.enum]
+            if got.enum is None or extra:
+                shown = ", ".join(map(str, extra)) if extra else "any value"
+                warnings.append(f"{ids}: {need.name} may carry {shown}, unseen by {version} "
+                                f"(trained on {', '.join(map(str, need.enum))})")
+        if got.nullable and not need.nullable:
+            warnings.append(f"{ids}: {need.name} may be null in traffic; {version} "
+                            "was not trained on nulls")
+    shared = [f.name for f in traffic.fields if version_schema.field(f.name) is not None]
+    trained = [f.name for f in version_schema.fields if f.name in present]
+    if shared != trained:
+        errors.append(f"{ids}: fields in another order ({', '.join(trained)} for {version}, "
+                      f"{', '.join(shared)} in traffic): positional inputs would be misread")
+    return errors, warnings

@@ -54,7 +54,7 @@ def write_config(folder: Path, routes: list[dict[str, Any]], registry: dict | No
         "routes": routes,
     }
     doc.update(top)
-    (folder / "registry.yaml").write_text(yaml.safe_dump(registry or REGISTRY))
+    (folder / "registry.yaml").write_text(yaml.safe_dump(registry or REGISTRY, sort_keys=False))
     path = folder / "router.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

@@ -33,7 +33,7 @@ async def records_of(app, folder: Path) -> list[dict[str, Any]]:
 async def test_primary_record_fields(tmp_path: Path, upstreams, start_router, client) -> None:
     primary = await upstreams.start(scorer(0.25, model_version="1.0.0"))
     cfg = route({"v1": primary + "/m"}, input_schema="fraud-features@1",
-                sticky={"header": "x-user-id"})
+                sticky={"header": "x-user-id"}, validation="log")
     app = await start_router(write_config(tmp_path, [cfg]))
     body = {"inputs": [{"name": "amount", "datatype": "FP64", "shape": [1], "data": [9.5]}]}
     async with client.post(url(app, "/v2/models/fraud/infer"), data=orjson.dumps(body),
@@ -50,6 +50,8 @@ async def test_primary_record_fields(tmp_path: Path, upstreams, start_router, cl
     assert record["config_revision"] == app.live.snapshot.revision
     assert record["schema"] == "fraud-features@1"
     assert record["input"] == body
+    assert {(v["field"], v["kind"]) for v in record["violations"]} == {
+        ("avg_purchase_last_7_days", "missing"), ("country", "missing")}
     assert record["output"] == v2_answer([0.25])
     assert record["served_model_version"] == "1.0.0"
     assert record["trace_id"] == "ab" * 16

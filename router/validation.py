@@ -1,0 +1,266 @@
+"""Request-time validation against the route's ``input_schema``, compiled once per config.
+
+A ``Validator`` is built when the config loads (one closure per field) and called on the
+parsed body of each request. It returns every violation as
+``{"field", "kind", "expected", "got", "row"}``; kinds are missing | type | null | min | max |
+enum | datatype | shape | format.
+
+Shapes understood: ``v2`` (Open Inference Protocol: each named input is a feature, or one 2-D
+input whose columns are the schema's fields in order) and ``json`` (an object of features,
+``{"instances": [rows]}``, ``{"inputs": rows | {field: column}}``, or a list of rows; a row is
+an object, or a list in schema field order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .registry import Field, Schema
+
+Violation = dict[str, Any]
+Check = Callable[[Any], "tuple[str, Any] | None"]
+
+V2_DATATYPES = {
+    "float": frozenset({"FP16", "FP32", "FP64", "BF16", "INT8", "INT16", "INT32", "INT64",
+                        "UINT8", "UINT16", "UINT32", "UINT64"}),
+    "int": frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}),
+    "string": frozenset({"BYTES"}),
+    "bool": frozenset({"BOOL"}),
+}
+_MISSING = object()
+
+
+def _shown(value: Any) -> Any:
+    """A violating value as reported: strings cut to 64 characters, containers named."""
+    if isinstance(value, str) and len(value) > 64:
+        return value[:64] + "..."
+    if isinstance(value, (list, dict)):
+        return type(value).__name__
+    return value
+
+
+def compile_check(f: Field) -> Check:
+    """One closure per field: (kind, expected) for a bad value, None for a good one."""
+    low, high, nullable = f.min, f.max, f.nullable
+    enum = frozenset(f.enum) if f.enum is not None else None
+    listed = list(f.enum) if f.enum is not None else None
+
+    def null(value: Any) -> tuple[str, Any] | None:
+        return None if nullable else ("null", f.type)
+
+    if f.type in ("float", "int"):
+        integer = f.type == "int"
+
+        def check(value: Any) -> tuple[str, Any] | None:
+            if value is None:
+                return null(value)
+            if value.__class__ is bool or not isinstance(value, (int, float)):
+                return ("type", f.type)
+            if integer and value.__class__ is float and not value.is_integer():
+                return ("type", "int")
+            if low is not None and value < low:
+                return ("min", low)
+            if high is not None and value > high:
+                return ("max", high)
+            if enum is not None and value not in enum:
+                return ("enum", listed)
+            return None
+    elif f.type == "string":
+        def check(value: Any) -> tuple[str, Any] | None:
+            if value is None:
+                return null(value)
+            if value.__class__ is not str:
+                return ("type", "string")
+            if enum is not None and value not in enum:
+                return ("enum", listed)
+            return None
+    else:
+        def check(value: Any) -> tuple[str, Any] | None:
+            if value is None:
+                return null(value)
+            if value.__class__ is not bool:
+                return ("type", "bool")
+            return None
+    return check
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    if not data or not isinstance(data[0], list):
+        return data
+    out: list[Any] = []
+    for item in data:
+        out.extend(_flatten(item))
+    return out
+
+
+class Validator:
+    """Compiled checks for one schema and protocol; ``validate(doc)`` never raises."""
+
+    def __init__(self, schema: Schema, protocol: str) -> None:
+        self.schema = schema
+        self.protocol = protocol
+        self.fields = schema.fields
+        self.names = tuple(f.name for f in schema.fields)
+        self.checks = tuple((f.name, f.required, compile_check(f)) for f in schema.fields)
+
+    def __repr__(self) -> str:
+        return f"<Validator {self.schema.id} {self.protocol} {len(self.fields)} fields>"
+
+    def validate(self, doc: Any) -> list[Violation]:
+        if self.protocol == "v2":
+            return self._v2(doc)
+        return self._json(doc)
+
+    # -- json ------------------------------------------------------------------------------
+
+    def _json(self, doc: Any) -> list[Violation]:
+        out: list[Violation] = []
+        if isinstance(doc, dict):
+            if "instances" in doc:
+                rows = doc["instances"]
+            elif "inputs" in doc:
+                rows = doc["inputs"]
+                if isinstance(rows, dict):
+                    return self._columns(rows, out)
+            else:
+                self._row(doc, 0, out)
+                return out
+        else:
+            rows = doc
+        if not isinstance(rows, list):
+            return [{"field": None, "kind": "format", "expected": "a list of rows",
+                     "got": _shown(rows), "row": None}]
+        for i, row in enumerate(rows):
+            self._row(row, i, out)
+        return out
+
+    def _row(self, row: Any, index: int, out: list[Violation]) -> None:
+        if isinstance(row, dict):
+            get = row.get
+            for name, required, check in self.checks:
+                value = get(name, _MISSING)
+                if value is _MISSING:
+                    if required:
+                        out.append({"field": name, "kind": "missing", "expected": "present",
+                                    "got": None, "row": index})
+                    continue
+                bad = check(value)
+                if bad is not None:
+                    out.append({"field": name, "kind": bad[0], "expected": bad[1],
+                                "got": _shown(value), "row": index})
+        elif isinstance(row, list):
+            if len(row) != len(self.checks):
+                out.append({"field": None, "kind": "shape",
+                            "expected": f"{len(self.checks)} values ({', '.join(self.names)})",
+                            "got": len(row), "row": index})
+                return
+            for (name, _, check), value in zip(self.checks, row):
+                bad = check(value)
+                if bad is not None:
+                    out.append({"field": name, "kind": bad[0], "expected": bad[1],
+                                "got": _shown(value), "row": index})
+        else:
+            out.append({"field": None, "kind": "format", "expected": "an object or a list",
+                        "got": _shown(row), "row": index})
+
+    def _columns(self, columns: dict[str, Any], out: list[Violation]) -> list[Violation]:
+        lengths = {len(v) for v in columns.values() if isinstance(v, list)}
+        if not lengths:  # {field: value}: one row
+            self._row(columns, 0, out)
+            return out
+        n = max(lengths)
+        for name, required, check in self.checks:
+            column = columns.get(name, _MISSING)
+            if column is _MISSING:
+                if required:
+                    out.append({"field": name, "kind": "missing", "expected": "present",
+                                "got": None, "row": None})
+                continue
+            if not isinstance(column, list) or len(column) != n:
+                out.append({"field": name, "kind": "shape", "expected": f"{n} values",
+                            "got": len(column) if isinstance(column, list) else 1,
+                            "row": None})
+                continue
+            self._values(name, check, column, out)
+        return out
+
+    @staticmethod
+    def _values(name: str, check: Check, values: list[Any], out: list[Violation]) -> None:
+        for i, value in enumerate(values):
+            bad = check(value)
+            if bad is not None:
+                out.append({"field": name, "kind": bad[0], "expected": bad[1],
+                            "got": _shown(value), "row": i})
+
+    # -- v2 --------------------------------------------------------------------------------
+
+    def _v2(self, doc: Any) -> list[Violation]:
+        inputs = doc.get("inputs") if isinstance(doc, dict) else None
+        if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+            return [{"field": None, "kind": "format",
+                     "expected": '{"inputs": [{"name", "datatype", "shape", "data"}]}',
+                     "got": _shown(doc), "row": None}]
+        out: list[Violation] = []
+        by_name = {i.get("name"): i for i in inputs}
+        if len(inputs) == 1 and inputs[0].get("name") not in self.names:
+            return self._v2_matrix(inputs[0], out)
+        rows: int | None = None
+        for name, required, check in self.checks:
+            tensor = by_name.get(name)
+            if tensor is None:
+                if required:
+                    out.append({"field": name, "kind": "missing", "expected": "present",
+                                "got": None, "row": None})
+                continue
+            data = _flatten(tensor.get("data"))
+            shape = tensor.get("shape")
+            field = self.schema.field(name)
+            if field is not None and tensor.get("datatype") not in V2_DATATYPES[field.type]:
+                out.append({"field": name, "kind": "datatype",
+                            "expected": sorted(V2_DATATYPES[field.type]),
+                            "got": _shown(tensor.get("datatype")), "row": None})
+                continue
+            if not self._shape_ok(shape, len(data)):
+                out.append({"field": name, "kind": "shape",
+                            "expected": f"shape whose product is {len(data)}",
+                            "got": _shown(shape), "row": None})
+                continue
+            if rows is None:
+                rows = len(data)
+            elif len(data) != rows:
+                out.append({"field": name, "kind": "shape", "expected": f"{rows} rows",
+                            "got": len(data), "row": None})
+                continue
+            self._values(name, check, data, out)
+        return out
+
+    def _v2_matrix(self, tensor: dict[str, Any], out: list[Violation]) -> list[Violation]:
+        shape = tensor.get("shape")
+        width = len(self.checks)
+        data = _flatten(tensor.get("data"))
+        if not (isinstance(shape, list) and len(shape) == 2 and shape[1] == width
+                and self._shape_ok(shape, len(data))):
+            out.append({"field": None, "kind": "shape",
+                        "expected": f"[rows, {width}] with columns {', '.join(self.names)}",
+                        "got": _shown(shape), "row": None})
+            return out
+        for r in range(shape[0]):
+            row = data[r * width:(r + 1) * width]
+            for (name, _, check), value in zip(self.checks, row):
+                bad = check(value)
+                if bad is not None:
+                    out.append({"field": name, "kind": bad[0], "expected": bad[1],
+                                "got": _shown(value), "row": r})
+        return out
+
+    @staticmethod
+    def _shape_ok(shape: Any, count: int) -> bool:
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            return False
+        product = 1
+        for d in shape:
+            product *= d
+        return product == count
