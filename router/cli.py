@@ -161,6 +161,65 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry_of(config: str) -> tuple[object, list[str]]:
+    """The registry named by a router.yaml, parsed on its own (no routes, no env needed)."""
+    from . import yaml12
+    from .problems import Problems
+    from .registry import parse_registry
+
+    path = Path(config)
+    doc = yaml12.loads(path.read_bytes()) if path.exists() else {}
+    name = (doc or {}).get("registry", "registry.yaml")
+    reg_path = path.parent / str(name)
+    problems = Problems(reg_path.name)
+    if not reg_path.exists():
+        return None, [f"{reg_path}: not found"]
+    registry = parse_registry(problems, yaml12.loads(reg_path.read_bytes()), reg_path.parent)
+    return registry, problems.errors
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    import orjson
+    import yaml
+
+    from .baseline import build_baseline, infer_schema, read_rows
+    from .problems import Problems
+    from .registry import parse_schema
+
+    try:
+        rows = read_rows(Path(args.from_file))
+    except (OSError, ValueError) as exc:
+        print(f"cannot read {args.from_file}: {exc}", file=sys.stderr)
+        return 1
+    if not rows:
+        print(f"{args.from_file}: no rows", file=sys.stderr)
+        return 1
+    if args.infer:
+        fields = infer_schema(rows)
+        print(f"# paste under schemas: in registry.yaml ({len(rows)} rows of {args.from_file})")
+        print(yaml.safe_dump({"schemas": {args.schema: fields}}, sort_keys=False), end="")
+        schema = parse_schema(Problems("inferred"), "", args.schema, fields)
+    else:
+        registry, errors = _registry_of(args.config)
+        if errors or registry is None:
+            print("\n".join(errors), file=sys.stderr)
+            return 1
+        schema = registry.schemas.get(args.schema)  # type: ignore[attr-defined]
+        if schema is None:
+            print(f"schema {args.schema} is not in the registry of {args.config} "
+                  "(use --infer to derive one from the data)", file=sys.stderr)
+            return 1
+    baseline = orjson.dumps(build_baseline(rows, schema), option=orjson.OPT_INDENT_2)
+    out = args.out or (f"{args.schema.replace('@', '-')}.baseline.json" if args.infer else None)
+    if out:
+        Path(out).write_bytes(baseline + b"\n")
+        sys.stdout.flush()
+        print(f"baseline of {len(rows)} rows written to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(baseline.decode() + "\n")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
     return demo(args.dir, args.duration)
@@ -200,6 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_history)
+
+    p = sub.add_parser("baseline", help="write a drift baseline from training data")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--from", dest="from_file", required=True, help="CSV or JSONL rows")
+    p.add_argument("--schema", required=True, help="registry schema id")
+    p.add_argument("--infer", action="store_true", help="also print an inferred schema")
+    p.add_argument("--out", help="baseline file (default: stdout)")
+    p.set_defaults(func=_baseline)
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
     p.add_argument("--dir", default="demo")

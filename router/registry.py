@@ -103,7 +103,7 @@ def _parse_field(p: Problems, path: str, name: str, raw: Any) -> Field | None:
                  min=low, max=high, enum=enum)
 
 
-def _parse_schema(p: Problems, path: str, schema_id: str, raw: Any) -> Schema | None:
+def parse_schema(p: Problems, path: str, schema_id: str, raw: Any) -> Schema | None:
     spec = p.mapping(path, raw, ("fields", "description"), required=("fields",))
     if spec is None or "fields" not in spec:
         return None
@@ -157,7 +157,7 @@ def parse_registry(p: Problems, tree: Any, base: Path) -> Registry:
     raw_schemas = p.mapping("schemas", top.get("schemas", {})) or {}
     for sid, sraw in raw_schemas.items():
         if isinstance(sid, str):
-            parsed = _parse_schema(p, join("schemas", sid), sid, sraw)
+            parsed = parse_schema(p, join("schemas", sid), sid, sraw)
             if parsed is not None:
                 schemas[sid] = parsed
     models: dict[str, dict[str, ModelVersion]] = {}

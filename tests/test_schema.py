@@ -243,3 +243,34 @@ async def test_enforce_log_and_off_through_the_proxy(tmp_path: Path, upstreams, 
     assert next(r for r in all_records if r["status"] == 422)["violations"]
     assert records["log"]["violations"] and records["log"]["schema"] == "fraud-features@1"
     assert records["off"]["violations"] == []
+
+
+def test_baseline_from_csv_and_inferred_schema(tmp_path: Path) -> None:
+    lines = ["amount,avg_purchase_last_7_days,country,is_new_user"]
+    for i in range(1000):
+        lines.append(f"{i},{i % 50},{'US' if i % 4 else 'DE'},{i % 5 == 0}")
+    data = tmp_path / "train.csv"
+    data.write_text("\n".join(lines) + "\n")
+    config = write_config(tmp_path, [base_route()])
+    out = tmp_path / "b.json"
+    done = subprocess.run([sys.executable, "-m", "router.cli", "baseline", "-c", str(config),
+                           "--from", str(data), "--schema", "fraud-features@1", "--out",
+                           str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    baseline = orjson.loads(out.read_bytes())
+    assert baseline["schema"] == "fraud-features@1" and baseline["rows"] == 1000
+    amount = baseline["features"]["amount"]
+    assert amount["kind"] == "numeric" and len(amount["edges"]) == 11
+    assert amount["fractions"] == pytest.approx([0.1] * 10, abs=0.002)
+    assert baseline["features"]["country"]["fractions"] == {"US": 0.75, "DE": 0.25}
+    assert baseline["features"]["is_new_user"]["fractions"] == {"false": 0.8, "true": 0.2}
+
+    inferred = subprocess.run([sys.executable, "-m", "router.cli", "baseline", "--from",
+                               str(data), "--schema", "new@1", "--infer", "--out",
+                               str(tmp_path / "n.json")],
+                              capture_output=True, text=True, cwd=ROOT)
+    assert inferred.returncode == 0, inferred.stderr
+    fields = yaml.safe_load(inferred.stdout)["schemas"]["new@1"]["fields"]
+    assert fields["amount"] == {"type": "int", "min": 0, "max": 999}
+    assert fields["country"] == {"type": "string", "enum": ["DE", "US"]}
+    assert fields["is_new_user"] == {"type": "bool"}
