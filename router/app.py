@@ -11,10 +11,10 @@ import logging
 import signal
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from .admin import build_admin
+from .client import Client
 from .config import Snapshot, load_snapshot
 from .errors import ConfigError
 from .history import History
@@ -51,19 +51,15 @@ class RouterApp:
                                                        source="startup")
         self.live = Live(snapshot)
         self.history = History(snapshot.state_dir)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, limit_per_host=256, keepalive_timeout=30,
-                                           ttl_dns_cache=60),
-            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=None))
-        self.proxy = Proxy(self.live, self.session, self.metrics)
+        self.client = Client()
+        self.proxy = Proxy(self.live, self.client, self.metrics)
         self.predlog = None
         if snapshot.prediction_log.enabled:
             secret = await asyncio.to_thread(load_log_key, snapshot.state_dir)
             self.predlog = PredictionLog(snapshot.prediction_log, secret, metrics=self.metrics)
             self.predlog.start()
         self.proxy.predlog = self.predlog
-        self.shadows = Shadows(self.session, self.metrics, self.predlog, self.proxy.balancer)
+        self.shadows = Shadows(self.client, self.metrics, self.predlog, self.proxy.balancer)
         self.proxy.shadows = self.shadows
         self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
         self.reloader.applied(snapshot)
@@ -123,7 +119,7 @@ class RouterApp:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.session.close()
+        self.client.close()
         for runner in others:
             await runner.cleanup()
         self._runners.clear()

@@ -13,18 +13,18 @@ import asyncio
 import logging
 import random
 import time
-import uuid
+import itertools
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
-from yarl import URL
 
 from . import routing
+from .client import Client, Response, UpstreamError
 from .config import Limits, Route, Snapshot
 from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
                      PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamTimeout,
@@ -32,7 +32,7 @@ from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
 from .shadow import Shadows
-from .upstream import SKIP_AUTO, Balancer, request_headers, response_headers, translate
+from .upstream import Balancer, request_headers, response_headers, translate
 
 log = logging.getLogger("model_router.proxy")
 
@@ -141,13 +141,13 @@ def json_field(doc: Any, key: str) -> str | None:
 class Proxy:
     """The request handler; ``handle`` is what aiohttp's low-level server calls."""
 
-    def __init__(self, live: Live, session: aiohttp.ClientSession, metrics: Metrics, *,
+    def __init__(self, live: Live, client: Client, metrics: Metrics, *,
                  balancer: Balancer | None = None,
                  clock: Callable[[], float] = time.perf_counter,
                  wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.live = live
-        self.session = session
+        self.client = client
         self.metrics = metrics
         self.balancer = balancer or Balancer()
         self.predlog: PredictionLog | None = None
@@ -159,6 +159,10 @@ class Proxy:
         self._clock = clock
         self._wall = wall
         self._rand = rand
+        # Request ids: a random per-process prefix and a counter; unique, and no syscall.
+        prefix = secrets.token_hex(8)
+        counter = itertools.count()
+        self._next_id = lambda: f"{prefix}{next(counter):016x}"
 
     def __repr__(self) -> str:
         return f"<Proxy inflight={self.inflight} draining={self.draining}>"
@@ -169,7 +173,7 @@ class Proxy:
         snapshot = self.live.snapshot
         request_id = request.headers.get("x-request-id") or ""
         if not request_id or len(request_id) > _MAX_REQUEST_ID:
-            request_id = uuid.uuid4().hex
+            request_id = self._next_id()
         if self.draining:
             return error_response(Draining("the router is shutting down"), request_id)
         if self.inflight >= snapshot.limits.max_concurrency:
@@ -248,9 +252,17 @@ class Proxy:
         """The whole body, refused with 413 from its Content-Length before reading it."""
         if not request.body_exists:
             return b""
+        length = request.content_length
+        head = b""
+        if length is not None and length <= limits.max_body_bytes:
+            # Fast path: a small body usually arrived with the headers; no timer needed.
+            head = request.content.read_nowait(length)
+            if len(head) == length:
+                return head
         try:
             async with asyncio.timeout(limits.client_timeout_s):
-                return await self._read_bounded(request, limits.max_body_bytes)
+                return head + await self._read_bounded(request, limits.max_body_bytes,
+                                                       len(head))
         except TimeoutError:
             raise BadRequest("the request body did not arrive within client_timeout_s") \
                 from None
@@ -258,14 +270,15 @@ class Proxy:
             raise BadRequest("the client closed the connection before the body ended") \
                 from None
 
-    async def _read_bounded(self, request: web.BaseRequest, limit: int) -> bytes:
+    async def _read_bounded(self, request: web.BaseRequest, limit: int, have: int) -> bytes:
+        """The rest of the body (``have`` bytes were read already)."""
         length = request.content_length
         if length is not None and length > limit:
             raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
         content = request.content
         if length is not None:
             try:
-                return await content.readexactly(length)
+                return await content.readexactly(length - have)
             except asyncio.IncompleteReadError as exc:
                 raise BadRequest("the request body ended early") from exc
         chunks, size = [], 0
@@ -342,15 +355,13 @@ class Proxy:
                                       request.remote)
             try:
                 async with asyncio.timeout(route.timeout_s):
-                    upstream = await self.session.request(
-                        request.method, URL(base + suffix, encoded=True), data=ex.request_body if request.body_exists else None,
-                        headers=headers, skip_auto_headers=SKIP_AUTO, allow_redirects=False,
-                        ssl=version.tls if version.tls is not None else True)
+                    upstream = await self.client.request(
+                        request.method, base, suffix, headers.items(),
+                        ex.request_body if request.body_exists else None, version.tls)
                     length = upstream.content_length
-                    buffered = (length is not None and length <= BUFFER_MAX) \
-                        or request.method == "HEAD" or upstream.status in (204, 304)
+                    buffered = upstream.complete or (length is not None and length <= BUFFER_MAX)
                     body = await upstream.read() if buffered else None
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (UpstreamError, OSError, TimeoutError) as exc:
                 self.balancer.release(base, False, outlier)
                 err = translate(exc, name)
                 self.metrics.upstream_error(route.name, name, err.kind)
@@ -364,7 +375,7 @@ class Proxy:
                 self.balancer.release(base, False, outlier)
                 ex.fallback_from, ex.reason = name, "fallback"
                 continue
-            headers_out = CIMultiDict(response_headers(upstream.headers.items()))
+            headers_out = CIMultiDict(response_headers(upstream.headers))
             headers_out["x-request-id"] = ex.request_id
             headers_out["x-model-version"] = name
             headers_out["x-model-route"] = route.name
@@ -376,7 +387,7 @@ class Proxy:
             return await self._stream(request, upstream, headers_out, base, outlier, ex)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _stream(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+    async def _stream(self, request: web.BaseRequest, upstream: Response,
                       headers: CIMultiDict[str], base: str, outlier: Any,
                       ex: Exchange) -> web.StreamResponse:
         """Pass a chunked or large answer through as it arrives, keeping a bounded copy."""
@@ -391,9 +402,9 @@ class Proxy:
             await response.prepare(request)
             while True:
                 try:
-                    chunk = await asyncio.wait_for(upstream.content.readany(),
-                                                   ex.route.timeout_s)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                    async with asyncio.timeout(ex.route.timeout_s):
+                        chunk = await upstream.next_chunk()
+                except (UpstreamError, OSError, TimeoutError) as exc:
                     err = translate(exc, ex.version or "")
                     self.metrics.upstream_error(ex.route.name, ex.version or "", err.kind)
                     ex.error, ok = f"{err.message} mid-response", False

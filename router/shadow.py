@@ -17,13 +17,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
-from yarl import URL
 
+from .client import Client, UpstreamError
 from .config import Route, Shadow
 from .predlog import Entry, PredictionLog
-from .upstream import SKIP_AUTO, Balancer, request_headers, translate
+from .upstream import Balancer, request_headers, translate
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -118,11 +117,11 @@ def compare(primary: Any, shadow: Any, against: str, atol: float, rtol: float,
 # -- mirroring ---------------------------------------------------------------------------------
 
 class Shadows:
-    def __init__(self, session: aiohttp.ClientSession, metrics: Metrics,
+    def __init__(self, client: Client, metrics: Metrics,
                  predlog: PredictionLog | None, balancer: Balancer, *,
                  rand: Callable[[], float] = random.random,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.session = session
+        self.client = client
         self.metrics = metrics
         self.predlog = predlog
         self.balancer = balancer
@@ -159,13 +158,14 @@ class Shadows:
             headers = request_headers(ex.headers, version, ex.request_id, ex.peer)
             headers["x-shadow"] = "true"
             async with asyncio.timeout(shadow.timeout_s):
-                async with self.session.request(
-                        ex.method, URL(base + ex.suffix, encoded=True), data=ex.request_body,
-                        headers=headers, skip_auto_headers=SKIP_AUTO, allow_redirects=False,
-                        ssl=version.tls if version.tls is not None else True) as resp:
+                resp = await self.client.request(ex.method, base, ex.suffix, headers.items(),
+                                                 ex.request_body, version.tls)
+                try:
                     status = resp.status
                     body = await resp.read()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                finally:
+                    resp.release()
+        except (UpstreamError, OSError, TimeoutError) as exc:
             err = translate(exc, shadow.version)
             reason = "timeout" if err.status == 504 else "error"
             error, status = err.message, err.status

@@ -6,12 +6,10 @@ call per request and easy to test with a fake clock.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-import aiohttp
-
+from .client import ConnectFailed, ConnectionReset
 from .config import Outlier, Version
 from .errors import UpstreamTimeout, UpstreamUnavailable
 
@@ -19,8 +17,6 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "trailers", "transfer-encoding", "upgrade", "proxy-connection",
 })
-# Sent only when the client sent them: the proxy adds no headers of its own choosing.
-SKIP_AUTO = frozenset({"User-Agent", "Accept", "Accept-Encoding", "Content-Type"})
 # Never copied from the client: recomputed by the client library or set by the router.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "x-forwarded-for"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "x-request-id", "x-model-version",
@@ -68,17 +64,16 @@ def response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str
 
 
 def translate(exc: BaseException, version: str) -> UpstreamUnavailable | UpstreamTimeout:
-    """aiohttp/OS exceptions -> the router's 502/504 errors, with a metric ``kind``."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+    """Client and OS exceptions -> the router's 502/504 errors, with a metric ``kind``."""
+    if isinstance(exc, TimeoutError):
         return UpstreamTimeout(f"version {version} did not answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamUnavailable(f"cannot connect to version {version}: {exc.os_error}",
+    if isinstance(exc, ConnectFailed):
+        return UpstreamUnavailable(f"cannot connect to version {version}: {exc}",
                                    kind="connect")
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError,
-                        aiohttp.ClientOSError)):
+    if isinstance(exc, (ConnectionReset, ConnectionError)):
         return UpstreamUnavailable(f"version {version} closed the connection", kind="reset")
-    return UpstreamUnavailable(f"version {version} sent an invalid answer: "
-                               f"{type(exc).__name__}", kind="protocol")
+    return UpstreamUnavailable(f"version {version} sent an invalid answer: {exc}",
+                               kind="protocol")
 
 
 class _Replica:

@@ -130,6 +130,7 @@ async def test_streamed_response_copy_is_bounded(tmp_path: Path, upstreams, star
         await resp.prepare(request)
         for _ in range(10):
             await resp.write(b"a" * 1000)
+            await asyncio.sleep(0.01)  # arrive in pieces: the router must stream, not buffer
         await resp.write_eof()
         return resp
 

@@ -1,0 +1,1 @@
+"""Benchmarks for model-router (outside pytest collection): `python -m loadtest`."""

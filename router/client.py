@@ -1,0 +1,373 @@
+"""A lean HTTP/1.1 upstream client on asyncio protocols, with httptools (llhttp) parsing.
+
+The proxy spends most of its time in the upstream client; a general-purpose client does
+much the router does not need (cookies, redirects, decompression, multipart). This one does
+exactly: keep-alive pools per origin, one request at a time per connection, Content-Length
+and chunked answers, 1xx skipped, ``Connection: close`` honoured, streaming bodies, TLS
+(system CAs or a per-version context). Errors come out as one of three ``UpstreamError``
+kinds (connect | reset | protocol) for the proxy to translate; timeouts are the caller's
+``asyncio.timeout`` and a cancelled request closes its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import httptools
+
+IDLE_S = 30.0            # idle connections older than this are closed, not reused
+MAX_IDLE = 256           # idle connections kept per origin
+
+
+class UpstreamError(Exception):
+    kind = "protocol"
+
+
+class ConnectFailed(UpstreamError):
+    kind = "connect"
+
+
+class ConnectionReset(UpstreamError):
+    kind = "reset"
+
+
+class BadResponse(UpstreamError):
+    kind = "protocol"
+
+
+class Response:
+    """Status and headers at once; the body buffered or read chunk by chunk."""
+
+    __slots__ = ("status", "headers", "content_length", "_conn", "_chunks", "_done",
+                 "_waiter", "_error", "_released")
+
+    def __init__(self, conn: _Connection) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.content_length: int | None = None
+        self._conn: _Connection | None = conn
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._released = False
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} done={self._done}>"
+
+    @property
+    def complete(self) -> bool:
+        """True when the whole body has arrived (the common case for small answers)."""
+        return self._done
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self._done:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        if self._error is not None and not self._done:
+            raise self._error
+        body = b"".join(self._chunks)
+        self._chunks.clear()
+        self.release()
+        return body
+
+    async def next_chunk(self) -> bytes:
+        """The next body chunk as it arrives, b"" at the end; UpstreamError if cut off."""
+        while True:
+            if self._chunks:
+                return self._chunks.popleft()
+            if self._done:
+                return b""
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def release(self) -> None:
+        """Give the connection back (or close it, if the answer is not finished)."""
+        if self._released:
+            return
+        self._released = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.finished(reusable=self._done and self._error is None)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; serves one request at a time."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+        self.headers_ready: asyncio.Future[None] | None = None
+        self.closed = False
+        self.keep_alive = True
+        self.head = False
+        self.idle_since = 0.0
+        self.received = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.pool.origin} closed={self.closed}>"
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(BadResponse("upstream asked for a protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(BadResponse(f"invalid HTTP from upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        response = self.response
+        if response is not None and not response._done:
+            if response.status and response.content_length is None and \
+                    not self._chunked(response):
+                # A body delimited by the connection closing: EOF is its end.
+                response._done = True
+                response._wake()
+            else:
+                self._fail(ConnectionReset("upstream closed the connection"))
+
+    @staticmethod
+    def _chunked(response: Response) -> bool:
+        return any(k.lower() == "transfer-encoding" and "chunked" in v.lower()
+                   for k, v in response.headers)
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.response is not None:
+            self.response.headers = []
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.response is not None:
+            self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        if response is None:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # informational: the real answer follows
+            return
+        response.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        for name, value in response.headers:
+            if name.lower() == "content-length":
+                try:
+                    response.content_length = int(value)
+                except ValueError:
+                    self._fail(BadResponse("invalid Content-Length from upstream"))
+                    return
+        if self.head or status in (204, 304):
+            response._done = True
+            self.keep_alive = self.keep_alive and not self.head
+        ready = self.headers_ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        response = self.response
+        if response is not None and response.status:
+            response._chunks.append(body)
+            response._wake()
+
+    def on_message_complete(self) -> None:
+        response = self.response
+        if response is None or not response.status:
+            return  # the end of a 1xx
+        response._done = True
+        response._wake()
+
+    # -- request lifecycle -------------------------------------------------------------------
+
+    def _fail(self, error: BaseException) -> None:
+        self.keep_alive = False
+        ready = self.headers_ready
+        if ready is not None and not ready.done():
+            ready.set_exception(error)
+        response = self.response
+        if response is not None and not response._done:
+            response._error = error
+            response._wake()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def send(self, data: bytes, head: bool) -> Response:
+        response = self.response = Response(self)
+        self.head = head
+        self.received = False
+        self.headers_ready = asyncio.get_running_loop().create_future()
+        assert self.transport is not None
+        self.transport.write(data)
+        try:
+            await self.headers_ready
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            self.headers_ready = None
+        return response
+
+    def finished(self, reusable: bool) -> None:
+        self.response = None
+        if reusable and self.keep_alive and not self.closed:
+            self.pool.put(self)
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        self.keep_alive = False
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Pool:
+    """Idle connections to one origin (scheme, host, port, TLS context)."""
+
+    def __init__(self, scheme: str, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+        self.origin = f"{scheme}://{host}:{port}"
+        self.host, self.port = host, port
+        self.tls = tls if scheme == "https" else None
+        self.idle: collections.deque[_Connection] = collections.deque()
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.origin} idle={len(self.idle)}>"
+
+    async def acquire(self) -> tuple[_Connection, bool]:
+        """An idle connection (reused=True) or a new one."""
+        now = time.monotonic()
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.closed and now - conn.idle_since < IDLE_S:
+                return conn, True
+            conn.abort()
+        loop = asyncio.get_running_loop()
+        try:
+            _, conn = await loop.create_connection(
+                lambda: _Connection(self), self.host, self.port, ssl=self.tls,
+                server_hostname=self.host if self.tls else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConnectFailed(f"cannot connect to {self.origin}: {exc}") from None
+        return conn, False
+
+    def put(self, conn: _Connection) -> None:
+        if len(self.idle) >= MAX_IDLE:
+            conn.abort()
+            return
+        conn.idle_since = time.monotonic()
+        self.idle.append(conn)
+
+    def close(self) -> None:
+        while self.idle:
+            self.idle.pop().abort()
+
+
+_DEFAULT_TLS: ssl.SSLContext | None = None
+
+
+def _default_tls() -> ssl.SSLContext:
+    global _DEFAULT_TLS
+    if _DEFAULT_TLS is None:
+        _DEFAULT_TLS = ssl.create_default_context()
+    return _DEFAULT_TLS
+
+
+class Client:
+    """Pools by origin; ``request`` sends one request and returns once headers arrived."""
+
+    def __init__(self) -> None:
+        self._pools: dict[tuple[str, str, int, int], Pool] = {}
+        self._origins: dict[str, tuple[str, str, int, str]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Client pools={len(self._pools)}>"
+
+    def _split(self, base: str) -> tuple[str, str, int, str]:
+        """(scheme, host, port, path prefix) of a version's base URL, cached."""
+        found = self._origins.get(base)
+        if found is None:
+            parts = urlsplit(base)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            found = (parts.scheme, parts.hostname or "", port, parts.path)
+            self._origins[base] = found
+        return found
+
+    def _pool(self, scheme: str, host: str, port: int, tls: ssl.SSLContext | None) -> Pool:
+        ctx = tls if tls is not None else (_default_tls() if scheme == "https" else None)
+        key = (scheme, host, port, id(ctx))
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = Pool(scheme, host, port, ctx)
+        return pool
+
+    async def request(self, method: str, base: str, suffix: str,
+                      headers: Iterable[tuple[str, str]], body: bytes | None,
+                      tls: ssl.SSLContext | None = None) -> Response:
+        """Send ``method base+suffix``; ``headers`` must not carry Content-Length."""
+        scheme, host, port, prefix = self._split(base)
+        pool = self._pool(scheme, host, port, tls)
+        path = prefix + suffix
+        if not path.startswith("/"):
+            path = "/" + path
+        lines = [f"{method} {path} HTTP/1.1\r\n"]
+        has_host = False
+        for name, value in headers:
+            if name == "host":
+                has_host = True
+            lines.append(f"{name}: {value}\r\n")
+        if not has_host:
+            default_port = 443 if scheme == "https" else 80
+            lines.append(f"host: {host}\r\n" if port == default_port
+                         else f"host: {host}:{port}\r\n")
+        if body is not None:
+            lines.append(f"content-length: {len(body)}\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("utf-8", "surrogateescape")
+        if body:
+            data += body
+        head = method == "HEAD"
+        for _ in range(2):
+            conn, reused = await pool.acquire()
+            try:
+                return await conn.send(data, head)
+            except ConnectionReset:
+                # A pooled connection the server had already closed: safe to resend once,
+                # since no byte of an answer came back.
+                if reused and not conn.received:
+                    continue
+                raise
+        raise ConnectionReset(f"{pool.origin} closed two connections in a row")
+
+    def close(self) -> None:
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
