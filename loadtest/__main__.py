@@ -1,0 +1,516 @@
+"""Benchmark runner: `python -m loadtest [--rounds 3] [--duration 5] [--smoke] [--rss N]`.
+
+Starts everything on 127.0.0.1: three benchmark upstreams (two for the 95/5 split, one as a
+shadow target), each proxy under test in turn, and a load generator. The proxy is pinned to
+CPU 0 and everything else to CPU 1 (taskset) where the machine has two CPUs. Scenarios run
+interleaved over several rounds; the table prints medians and ratios against baselines
+measured in the same run, because absolute numbers drift on shared machines. Results go to
+loadtest/results/<stamp>.json.
+
+Load: wrk with a Lua POST script when installed (max throughput), and a built-in asyncio
+generator for fixed-rate latency (1,000 req/s) and for the smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BODY = (b'{"inputs":[{"name":"amount","datatype":"FP64","shape":[1],"data":[12.5]},'
+        b'{"name":"avg_purchase_last_7_days","datatype":"FP64","shape":[1],"data":[30.1]},'
+        b'{"name":"country","datatype":"BYTES","shape":[1],"data":["US"]},'
+        b'{"name":"is_new_user","datatype":"BOOL","shape":[1],"data":[false]}],"id":"abc"}')
+PATH = "/v2/models/fraud/infer"
+TWO_CPUS = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpu: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if TWO_CPUS else argv
+
+
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads) and its live child processes, from /proc."""
+    pids = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    pids.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    total = 0
+    for p in pids:
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+class Proc:
+    """A started process, stopped by its PID."""
+
+    def __init__(self, argv: list[str], port: int, cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(argv, cwd=cwd or ROOT, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.port = port
+        wait_port(port)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# -- configs -----------------------------------------------------------------------------------
+
+REGISTRY = {
+    "schemas": {"fraud-features@1": {"fields": {
+        "amount": {"type": "float", "min": 0},
+        "avg_purchase_last_7_days": {"type": "float", "min": 0},
+        "country": {"type": "string", "enum": ["US", "DE", "FR"]},
+        "is_new_user": {"type": "bool", "required": False}}}},
+    "models": {"fraud": {"versions": {
+        v: {"schema": "fraud-features@1", "training_data": f"s3://bench/{v}.parquet",
+            "model_version": "1.0.0"} for v in ("v1", "v2", "v3")}}},
+}
+
+
+def router_config(folder: Path, port: int, ups: list[int], *, log: bool = True,
+                  shadow: float = 0, shadow_port: int | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "registry.yaml").write_text(yaml.safe_dump(REGISTRY, sort_keys=False))
+    route: dict[str, Any] = {
+        "name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
+        "model": "fraud", "input_schema": "fraud-features@1", "validation": "enforce",
+        "versions": {"v1": {"url": f"http://127.0.0.1:{ups[0]}/v2/models/fraud"},
+                     "v2": {"url": f"http://127.0.0.1:{ups[1]}/v2/models/fraud"},
+                     "v3": {"url": f"http://127.0.0.1:{shadow_port or ups[2]}/v2/models/fraud"}},
+        "split": {"v1": 95, "v2": 5}, "sticky": {"header": "x-user-id"},
+        "drift": {"sample": 0.1},
+    }
+    if shadow:
+        route["shadow"] = [{"version": "v3", "percent": shadow, "max_inflight": 256}]
+    doc = {"listen": {"host": "127.0.0.1", "port": port},
+           "admin": {"host": "127.0.0.1", "port": free_port()},
+           "limits": {"max_concurrency": 4096},
+           "registry": "registry.yaml", "state_dir": "state",
+           "prediction_log": {"dir": "logs", "payloads": "full", "enabled": log},
+           "routes": [route]}
+    path = folder / "router.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+NGINX = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  upstream v1 {{ server 127.0.0.1:{a}; keepalive 64; }}
+  upstream v2 {{ server 127.0.0.1:{b}; keepalive 64; }}
+  upstream v3 {{ server 127.0.0.1:{c}; keepalive 64; }}
+  split_clients "$http_x_user_id" $pool {{ 95% v1; * v2; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      {mirror}
+      proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://$pool;
+    }}
+    location = /mirror {{ internal; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://v3$request_uri; }}
+  }}
+}}
+"""
+
+
+# -- load --------------------------------------------------------------------------------------
+
+WRK_LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+request = function()
+  counter = counter + 1
+  wrk.headers["x-user-id"] = "user-" .. (counter % 1000)
+  return wrk.format()
+end
+"""
+
+
+def wrk(port: int, duration: float, connections: int, script: Path) -> tuple[float, int, int]:
+    """(requests/s, requests, non-2xx + socket errors)."""
+    out = subprocess.run(pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s",
+                                    "-s", str(script), f"http://127.0.0.1:{port}{PATH}"]),
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                      out):
+        errors += sum(int(g) for g in m.groups())
+    return rps, total, errors
+
+
+async def _closed_loop(port: int, duration: float, connections: int) -> tuple[float, int, int]:
+    done = errors = 0
+    deadline = time.monotonic() + duration
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as s:
+        async def worker(i: int) -> None:
+            nonlocal done, errors
+            n = 0
+            while time.monotonic() < deadline:
+                n += 1
+                try:
+                    async with s.post(f"http://127.0.0.1:{port}{PATH}", data=BODY,
+                                      headers={"x-user-id": f"user-{i}-{n % 50}",
+                                               "content-type": "application/json"}) as r:
+                        await r.read()
+                        errors += r.status != 200
+                except aiohttp.ClientError:
+                    errors += 1
+                done += 1
+        started = time.monotonic()
+        await asyncio.gather(*[worker(i) for i in range(connections)])
+        return done / (time.monotonic() - started), done, errors
+
+
+async def _fixed_rate(port: int, rate: float, count: int) -> list[float]:
+    """Latencies (ms) of ``count`` requests sent on a fixed schedule of ``rate``/s."""
+    latencies: list[float] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as s:
+        async def one(i: int, at: float) -> None:
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            started = time.perf_counter()
+            async with s.post(f"http://127.0.0.1:{port}{PATH}", data=BODY,
+                              headers={"x-user-id": f"user-{i % 1000}",
+                                       "content-type": "application/json"}) as r:
+                await r.read()
+            latencies.append((time.perf_counter() - started) * 1000)
+        begin = time.perf_counter() + 0.1
+        await asyncio.gather(*[one(i, begin + i / rate) for i in range(count)])
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    name: str
+    rps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
+    errors: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def median(self) -> float:
+        return statistics.median(self.rps) if self.rps else float("nan")
+
+    def cpu(self) -> float:
+        return statistics.median(self.cpu_us) if self.cpu_us else float("nan")
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="model-router-bench-"))
+        self.ups: list[Proc] = []
+        self.script = self.tmp / "post.lua"
+        self.script.write_text(WRK_LUA.format(body=BODY.decode()))
+        self.use_wrk = shutil.which("wrk") is not None and not args.smoke
+
+    def start_upstreams(self) -> None:
+        for delay in (0, 0, 0, 200):
+            port = free_port()
+            argv = [sys.executable, "-m", "loadtest.upstream", str(port)]
+            if delay:
+                argv += ["--delay-ms", str(delay)]
+            self.ups.append(Proc(pinned(1, argv), port))
+
+    @property
+    def up_ports(self) -> list[int]:
+        return [u.port for u in self.ups]
+
+    def proxy(self, name: str) -> Proc | None:
+        port = free_port()
+        a, b, c, slow = self.up_ports
+        py = sys.executable
+        if name == "direct":
+            return None
+        if name in ("naive", "naive_mirror"):
+            argv = [py, "-m", "loadtest.naive_proxy", str(port), f"http://127.0.0.1:{a}",
+                    f"http://127.0.0.1:{b}"]
+            if name == "naive_mirror":
+                argv += ["--mirror", f"http://127.0.0.1:{c}"]
+            return Proc(pinned(0, argv), port)
+        if name.startswith("nginx"):
+            folder = self.tmp / f"{name}-{port}"
+            for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            mirror = "mirror /mirror; mirror_request_body on;" if name == "nginx_mirror" else ""
+            conf = folder / "nginx.conf"
+            conf.write_text(NGINX.format(dir=folder, a=a, b=b, c=c, port=port, mirror=mirror))
+            return Proc(pinned(0, ["nginx", "-c", str(conf), "-g", "daemon off;"]), port)
+        shadow = {"router_shadow10": 10, "router_shadow100": 100, "router_slow_shadow": 100}
+        config = router_config(self.tmp / f"{name}-{port}", port, self.up_ports,
+                               log=name != "router_nolog", shadow=shadow.get(name, 0),
+                               shadow_port=slow if name == "router_slow_shadow" else None)
+        argv = [py, "-m", "router.cli", "--log-level", "WARNING", "serve", "-c", str(config)]
+        return Proc(pinned(0, argv), port)
+
+    def load(self, port: int, duration: float | None = None) -> tuple[float, int, int]:
+        duration = duration or self.args.duration
+        if self.use_wrk:
+            return wrk(port, duration, 50, self.script)
+        return asyncio.run(_closed_loop(port, duration, 16))
+
+    def throughput(self, names: list[str]) -> dict[str, Result]:
+        results = {n: Result(n) for n in names}
+        for _ in range(self.args.rounds):
+            for name in names:
+                proc = self.proxy(name)
+                port = proc.port if proc else self.up_ports[0]
+                try:
+                    self.load(port, 1.0)  # warm-up: connections, caches, JIT-free paths
+                    before = cpu_seconds(proc.pid) if proc else 0.0
+                    rps, total, errors = self.load(port)
+                    spent = cpu_seconds(proc.pid) - before if proc else 0.0
+                finally:
+                    if proc:
+                        proc.stop()
+                r = results[name]
+                r.rps.append(rps)
+                r.errors += errors
+                if proc and total:
+                    r.cpu_us.append(spent / total * 1e6)
+                print(f"  {name:<20} {rps:>9.0f} req/s  errors {errors}", flush=True)
+        return results
+
+    def latency(self, names: list[str], rate: float, count: int) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, list[float]]] = {n: {"p50": [], "p99": [], "p999": []}
+                                                  for n in names}
+        for _ in range(self.args.rounds):
+            for name in names:
+                proc = self.proxy(name)
+                port = proc.port if proc else self.up_ports[0]
+                try:
+                    asyncio.run(_fixed_rate(port, rate, min(count, 500)))  # warm-up
+                    lat = asyncio.run(_fixed_rate(port, rate, count))
+                finally:
+                    if proc:
+                        proc.stop()
+                for q, key in ((0.5, "p50"), (0.99, "p99"), (0.999, "p999")):
+                    out[name][key].append(pct(lat, q))
+                print(f"  {name:<20} p50 {pct(lat, .5):.3f} ms  p99 {pct(lat, .99):.3f} ms",
+                      flush=True)
+        return {n: {k: statistics.median(v) for k, v in d.items()} for n, d in out.items()}
+
+    def reload_storm(self) -> dict[str, Any]:
+        """Max load while router.yaml is rewritten every 100 ms: errors must be 0."""
+        proc = self.proxy("router_full")
+        assert proc is not None
+        config = next(self.tmp.glob(f"router_full-{proc.port}/router.yaml"))
+        doc = yaml.safe_load(config.read_text())
+        stop = False
+        rewrites = 0
+
+        async def rewriter() -> None:
+            nonlocal rewrites
+            while not stop:
+                doc["routes"][0]["split"] = {"v1": 95, "v2": 5} if rewrites % 2 \
+                    else {"v1": 90, "v2": 10}
+                tmp = config.with_suffix(".tmp")
+                tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+                os.replace(tmp, config)
+                rewrites += 1
+                await asyncio.sleep(0.1)
+
+        async def run() -> tuple[float, int, int]:
+            nonlocal stop
+            task = asyncio.ensure_future(rewriter())
+            try:
+                return await asyncio.to_thread(self.load, proc.port)
+            finally:
+                stop = True
+                await task
+
+        try:
+            rps, total, errors = asyncio.run(run())
+        finally:
+            proc.stop()
+        print(f"  reload every 100 ms: {rps:.0f} req/s, {total} requests, {rewrites} rewrites, "
+              f"{errors} errors", flush=True)
+        return {"rps": rps, "requests": total, "rewrites": rewrites, "errors": errors}
+
+    def rss(self, requests: int) -> dict[str, float]:
+        proc = self.proxy("router_full")
+        assert proc is not None
+        try:
+            asyncio.run(_closed_loop(proc.port, 2, 16))
+            before = rss_mb(proc.pid)
+            sent = 0
+            while sent < requests:
+                if self.use_wrk:
+                    _, total, _ = wrk(proc.port, 10, 50, self.script)
+                else:
+                    _, total, _ = asyncio.run(_closed_loop(proc.port, 10, 16))
+                sent += total
+            after = rss_mb(proc.pid)
+        finally:
+            proc.stop()
+        print(f"  RSS {before:.1f} MB -> {after:.1f} MB after {sent} requests", flush=True)
+        return {"before_mb": before, "after_mb": after, "requests": sent}
+
+    def close(self) -> None:
+        for u in self.ups:
+            u.stop()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and b == b else "n/a"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m loadtest")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--smoke", action="store_true",
+                        help="seconds-long correctness run: zero errors, record counts")
+    parser.add_argument("--rss", type=int, default=0, help="requests for the RSS scenario")
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.duration = 1, 1.0
+    bench = Bench(args)
+    report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "pinned": TWO_CPUS,
+                                          "python": sys.version.split()[0],
+                                          "load": "wrk" if bench.use_wrk else "asyncio"}}
+    try:
+        bench.start_upstreams()
+        names = ["router_full", "router_nolog", "router_shadow10", "router_shadow100"]
+        if not args.smoke:
+            names = ["direct", "naive", "naive_mirror"] + names
+            if shutil.which("nginx"):
+                names += ["nginx_split", "nginx_mirror"]
+            else:
+                print("nginx not installed: nginx scenarios skipped (apt-get install nginx)")
+        print("throughput (50 connections, 311-byte POST, split 95/5 + sticky):")
+        tp = bench.throughput(names)
+        report["throughput"] = {n: {"rps": r.rps, "median_rps": r.median(),
+                                    "cpu_us_per_request": r.cpu(), "errors": r.errors}
+                                for n, r in tp.items()}
+        if not args.smoke and not args.skip_latency:
+            print("latency at 1,000 req/s:")
+            report["latency_1000rps"] = bench.latency(["direct", "router_full"], 1000, 5000)
+            print("primary latency with a 200 ms shadow of every request (200 req/s):")
+            report["slow_shadow"] = bench.latency(["router_full", "router_slow_shadow"], 200,
+                                                  2000)
+        print("reload storm:")
+        report["reload"] = bench.reload_storm()
+        if args.rss:
+            print(f"RSS over {args.rss} requests:")
+            report["rss"] = bench.rss(args.rss)
+    finally:
+        bench.close()
+
+    print()
+    med = {n: r["median_rps"] for n, r in report["throughput"].items()}
+    cpu = {n: r["cpu_us_per_request"] for n, r in report["throughput"].items()}
+    print(f"{'scenario':<20} {'req/s':>9} {'CPU us/req':>11}  ratios")
+    for n in med:
+        extra = []
+        if "naive" in med and n.startswith("router"):
+            base = "naive_mirror" if n == "router_shadow100" else "naive"
+            extra.append(f"{ratio(med[n], med[base])} vs {base}")
+        if n == "router_shadow100" and "nginx_mirror" in med:
+            extra.append(f"{ratio(med[n], med['nginx_mirror'])} vs nginx_mirror")
+        if n == "router_full" and "router_nolog" in med:
+            extra.append(f"log cost {100 * (1 - med[n] / med['router_nolog']):.1f}%")
+        print(f"{n:<20} {med[n]:>9.0f} {cpu[n]:>11.1f}  {'; '.join(extra)}")
+    if "latency_1000rps" in report:
+        d, r = report["latency_1000rps"]["direct"], report["latency_1000rps"]["router_full"]
+        print(f"added latency at 1,000 req/s: p50 +{r['p50'] - d['p50']:.3f} ms, "
+              f"p99 +{r['p99'] - d['p99']:.3f} ms, p999 +{r['p999'] - d['p999']:.3f} ms")
+        s0, s1 = report["slow_shadow"]["router_full"], report["slow_shadow"]["router_slow_shadow"]
+        print(f"primary p99 with 200 ms shadow: {s1['p99']:.3f} ms vs {s0['p99']:.3f} ms "
+              f"without ({ratio(s1['p99'], s0['p99'])})")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"results: {path}")
+    errors = sum(r["errors"] for r in report["throughput"].values()) + report["reload"]["errors"]
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
