@@ -46,7 +46,7 @@ def build_admin(app: RouterApp) -> web.Application:
     admin.middlewares.append(auth)
 
     async def metrics(_: web.Request) -> web.Response:
-        body = app.metrics.render()
+        body = app.render_metrics()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthy(_: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -24,6 +25,9 @@ from .proxy import Live, Proxy
 from .reload import Reloader, Watcher
 from .shadow import Shadows
 
+if TYPE_CHECKING:
+    from .workers import Supervisor
+
 log = logging.getLogger("model_router")
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -33,9 +37,12 @@ SHADOW_DRAIN_S = 5.0
 class RouterApp:
     """One router process. ``start`` raises ConfigError when the config is invalid."""
 
-    def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2) -> None:
+    def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2,
+                 worker: bool = False) -> None:
         self.config_path = Path(config_path)
         self.watch_interval = watch_interval
+        # A worker serves traffic only: its supervisor owns admin, watch and history.
+        self.worker = worker
         self.metrics = Metrics()
         self.ready = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,7 +69,8 @@ class RouterApp:
         self.shadows = Shadows(self.client, self.metrics, self.predlog, self.proxy.balancer)
         self.proxy.shadows = self.shadows
         self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
-        self.reloader.applied(snapshot)
+        if not self.worker:
+            self.reloader.applied(snapshot)
 
         limits = snapshot.limits
         server = web.Server(self.proxy.handle, access_log=None,
@@ -71,9 +79,13 @@ class RouterApp:
         runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_grace_s)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, snapshot.listen.host, snapshot.listen.port, backlog=1024)
+        site = web.TCPSite(runner, snapshot.listen.host, snapshot.listen.port, backlog=1024,
+                           reuse_port=self.worker)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if self.worker:
+            self.ready = True
+            return
 
         admin_runner = web.AppRunner(build_admin(self), access_log=None)
         await admin_runner.setup()
@@ -93,6 +105,9 @@ class RouterApp:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def render_metrics(self) -> bytes:
+        return self.metrics.render()
+
     def readiness_problems(self) -> list[str]:
         problems = []
         if not self.ready:
@@ -104,11 +119,11 @@ class RouterApp:
                 problems.append(f"route {route.name}: every version is ejected")
         return problems
 
-    async def stop(self) -> None:
+    async def stop(self, drain_delay: bool = True) -> None:
         """Drain: not-ready, wait drain_delay_s, 503 new requests, finish in-flight, close."""
         limits = self.live.snapshot.limits
         self.ready = False
-        if limits.drain_delay_s:
+        if limits.drain_delay_s and drain_delay:
             await asyncio.sleep(limits.drain_delay_s)
         self.proxy.draining = True
         proxy_runner, *others = self._runners
@@ -126,15 +141,20 @@ class RouterApp:
         log.info("stopped")
 
 
-async def _serve(config_path: Path) -> int:
-    app = RouterApp(config_path)
+async def _serve(config_path: Path, workers: int = 1) -> int:
+    app: RouterApp | Supervisor
+    if workers > 1:
+        from .workers import Supervisor
+        app = Supervisor(config_path, workers)
+    else:
+        app = RouterApp(config_path)
     try:
         await app.start()
     except ConfigError as exc:
         for line in exc.errors:
             log.error("%s", line)
         return 1
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     loop = asyncio.get_running_loop()
@@ -159,10 +179,15 @@ async def _reload_quietly(app: RouterApp) -> None:
         pass  # logged, counted and kept in history by the reloader
 
 
-def serve(config_path: str | Path) -> int:
-    """Run the router until SIGTERM/SIGINT; returns the process exit code."""
+def run(coro: Any) -> Any:
+    """Run a coroutine on uvloop (asyncio's loop where uvloop is unavailable)."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(_serve(Path(config_path)))
-    return uvloop.run(_serve(Path(config_path)))
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def serve(config_path: str | Path, workers: int = 1) -> int:
+    """Run the router until SIGTERM/SIGINT; returns the process exit code."""
+    return int(run(_serve(Path(config_path), workers)))

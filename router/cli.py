@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -37,9 +38,21 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number or 'auto'") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return count
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .app import serve
-    return serve(args.config)
+    return serve(args.config, args.workers)
 
 
 def _config_paths(config: str) -> tuple[Path, Path]:
@@ -234,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the router")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--workers", type=_workers, default=1,
+                   help="worker processes sharing the port (a number or 'auto')")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check", help="validate config, registry and schema compatibility")

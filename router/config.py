@@ -218,9 +218,11 @@ def revision_of(files: Mapping[str, bytes]) -> str:
     return digest.hexdigest()[:12]
 
 
-def _read_yaml(p: Problems, path: Path) -> tuple[bytes | None, Any]:
+def _read_yaml(p: Problems, path: Path, given: Mapping[str, bytes] | None = None,
+               ) -> tuple[bytes | None, Any]:
     try:
-        raw = path.read_bytes()
+        raw = given[path.name] if given is not None and path.name in given \
+            else path.read_bytes()
     except OSError as exc:
         p.error("", f"cannot read {path}: {exc.strerror or exc}")
         return None, None
@@ -253,13 +255,18 @@ def _expand_env(p: Problems, path: str, value: Any, env: Mapping[str, str]) -> A
 
 
 def load_snapshot(path: str | Path, *, source: str = "file",
-                  env: Mapping[str, str] | None = None) -> Snapshot:
-    """Read, validate and compile; raise ``ConfigError`` listing every problem."""
+                  env: Mapping[str, str] | None = None,
+                  files: Mapping[str, bytes] | None = None) -> Snapshot:
+    """Read, validate and compile; raise ``ConfigError`` listing every problem.
+
+    ``files`` (name -> bytes) replaces reading router.yaml/registry.yaml from disk: workers
+    compile exactly the revision their supervisor validated, whatever the disk holds now.
+    """
     env = os.environ if env is None else env
     path = Path(path)
     base = path.parent
     rp = Problems(path.name)
-    router_raw, router_tree = _read_yaml(rp, path)
+    router_raw, router_tree = _read_yaml(rp, path, files)
     if router_raw is None or router_tree is None and rp.errors:
         raise ConfigError(rp.errors)
     router_tree = _expand_env(rp, "", router_tree if router_tree is not None else {}, env)
@@ -276,7 +283,7 @@ def load_snapshot(path: str | Path, *, source: str = "file",
         if reg_name:
             reg_path = base / reg_name
             gp = Problems(reg_path.name)
-            reg_raw, reg_tree = _read_yaml(gp, reg_path)
+            reg_raw, reg_tree = _read_yaml(gp, reg_path, files)
             if reg_raw is not None:
                 files[reg_path.name] = reg_raw
             if not gp.errors:

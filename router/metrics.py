@@ -65,7 +65,7 @@ class Metrics:
                                        registry=r)
         self.predlog_pending = Gauge("model_router_predlog_pending",
                                      "Records buffered or reserved, not yet written.",
-                                     registry=r)
+                                     registry=r, multiprocess_mode="livesum")
         self._request_children: dict[tuple[str, str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str, str], Any] = {}
 

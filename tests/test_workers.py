@@ -1,0 +1,82 @@
+"""`serve --workers 2`: shared port, per-worker logs, aggregated metrics, reload to all."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import free_port, write_config
+from router.audit import iter_records
+from router.routing import by_bucket, sticky_bucket
+from router.config import load_snapshot
+from test_lifecycle import Served, wait_ready
+from test_proxy import echo_versions, route
+from test_reload import rewrite, set_split
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def test_two_workers(tmp_path: Path, upstreams, client) -> None:
+    urls = await echo_versions(upstreams, "v1", "v2")
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, [route(urls, split={"v1": 50, "v2": 50},
+                                         sticky={"header": "x-user-id"})],
+                        listen={"host": "127.0.0.1", "port": port},
+                        admin={"host": "127.0.0.1", "port": admin})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router.cli", "serve", "-c", str(path), "--workers", "2",
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    served = Served(proc, port, admin)
+    try:
+        await wait_ready(served, client)
+        compiled = load_snapshot(path).routes[0]
+        sent = 0
+
+        async def one(user: str, session: aiohttp.ClientSession) -> str:
+            async with session.post(served.url("/v2/models/fraud/infer"), data=b"{}",
+                                    headers={"x-user-id": user}) as resp:
+                assert resp.status == 200
+                return resp.headers["x-model-version"]
+
+        # fresh connections spread over both workers; stickiness agrees in all of them
+        for i in range(40):
+            async with aiohttp.ClientSession() as fresh:
+                for user in (f"u{i}", f"w{i}"):
+                    got = await one(user, fresh)
+                    assert got == by_bucket(compiled, sticky_bucket("fraud", user))
+                    sent += 1
+
+        rewrite(path, set_split(0, 100))
+        for _ in range(100):
+            async with aiohttp.ClientSession() as fresh:
+                versions = {await one(f"x{k}", fresh) for k in range(4)}
+            sent += 4
+            if versions == {"v2"}:
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(20):  # every worker took the reload: new connections all see v2
+            async with aiohttp.ClientSession() as fresh:
+                assert await one("anyone", fresh) == "v2"
+                sent += 1
+
+        async with client.get(served.admin_url("/metrics")) as resp:
+            text = await resp.text()
+        total = sum(s.value for f in text_string_to_metric_families(text)
+                    if f.name == "model_router_requests" for s in f.samples
+                    if s.name == "model_router_requests_total")
+        assert total == sent
+        assert 'model_router_traffic_weight{route="fraud",version="v2"} 100.0' in text
+
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    logs = list((tmp_path / "logs").glob("predictions-*.jsonl"))
+    assert len(logs) == 2, "one log file per worker"
+    assert len([r for r in iter_records(tmp_path / "logs") if r["role"] == "primary"]) == sent
