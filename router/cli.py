@@ -70,7 +70,7 @@ def _config_paths(config: str) -> tuple[Path, Path]:
 
 def _print_json(data: object) -> None:
     import orjson
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:
@@ -233,6 +233,31 @@ def _baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .audit import parse_time
+    from .report import build_report, render_html, render_table
+
+    state_dir, default_logs = _config_paths(args.config)
+    log_dir = Path(args.log_dir) if args.log_dir else default_logs
+    if not log_dir.is_dir():
+        print(f"no prediction log directory {log_dir}", file=sys.stderr)
+        return 1
+    try:
+        since = parse_time(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"bad time: {exc}", file=sys.stderr)
+        return 1
+    report = build_report(log_dir, state_dir, route=args.route, since=since)
+    if args.html:
+        Path(args.html).write_text(render_html(report, log_dir))
+        print(f"wrote {args.html}", file=sys.stderr)
+    if args.json:
+        _print_json(report)
+    else:
+        print(render_table(report))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
     return demo(args.dir, args.duration)
@@ -274,6 +299,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--at")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_history)
+
+    p = sub.add_parser("report", help="per version: traffic, errors, latency, outcomes")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--log-dir")
+    p.add_argument("--route")
+    p.add_argument("--since")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--html", metavar="FILE")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("baseline", help="write a drift baseline from training data")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)

@@ -58,6 +58,13 @@ class Metrics:
         self.schema_violations_total = Counter("model_router_schema_violations_total",
                                                "Request fields violating the input schema.",
                                                ["route", "field", "kind"], registry=r)
+        self.feature_drift = Gauge("model_router_feature_drift_psi",
+                                   "PSI of live inputs vs the control version's baseline.",
+                                   ["route", "feature"], registry=r, multiprocess_mode="livemax")
+        self.prediction_drift = Gauge("model_router_prediction_drift_psi",
+                                      "Largest PSI of a version's outputs vs its output "
+                                      "baseline.", ["route", "version"], registry=r,
+                                      multiprocess_mode="livemax")
         self.predlog_records = Counter("model_router_predlog_records_total",
                                        "Prediction log records written.", registry=r)
         self.predlog_dropped = Counter("model_router_predlog_dropped_total",

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from . import routing
 from .client import Client, Response, UpstreamError
 from .config import Limits, Route, Snapshot
+from .drift import DriftMonitor
 from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
                      PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamTimeout,
                      UpstreamUnavailable)
@@ -80,6 +81,7 @@ class Exchange:
     suffix: str = ""               # forwarded path remainder + query
     response_total: int | None = None
     violations: list[dict[str, Any]] | None = None
+    doc: Any = None                # the parsed request body, when something parsed it
 
 
 Observer = Callable[[Exchange], None]
@@ -152,6 +154,7 @@ class Proxy:
         self.balancer = balancer or Balancer()
         self.predlog: PredictionLog | None = None
         self.shadows: Shadows | None = None
+        self.drift: DriftMonitor | None = None
         self.observers: list[Observer] = []
         self.inflight = 0
         self.draining = False
@@ -232,6 +235,8 @@ class Proxy:
             ex.request_body = await self._read_body(request, snapshot.limits)
             doc = self._validate(route, ex) if route.validator is not None \
                 and ex.request_body else _UNPARSED
+            if doc is not _UNPARSED:
+                ex.doc = doc
             decision = self._decide(request, route, rest, ex, doc)
             ex.version, ex.reason = decision.version, decision.reason
             response = await self._forward(request, route, decision, ex)
@@ -504,6 +509,16 @@ class Proxy:
                 log.exception("prediction log entry failed for %s", ex.request_id)
         elif reserved and self.predlog is not None:
             self.predlog.release()
+        if self.drift is not None and inference and ex.status < 400 \
+                and self.drift.sampled(ex.route):
+            try:
+                doc = ex.doc
+                if doc is None and ex.route.protocol != "raw":
+                    doc = orjson.loads(ex.request_body)
+                self.drift.observe(ex.route, ex.version, doc, ex.response_body)
+            except Exception:  # noqa: BLE001
+                self.observer_errors += 1
+                log.exception("drift sampling failed for %s", ex.request_id)
         if self.shadows is not None and inference and ex.route.shadows \
                 and ex.upstream is not None:
             try:

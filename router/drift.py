@@ -1,0 +1,256 @@
+"""Input and prediction drift: live values in sliding windows, PSI against the baselines.
+
+The hot path only samples (``drift.sample``) and appends values to bounded deques
+(``drift.window_rows`` per feature). Every few seconds, off the hot path, each window is
+binned with its baseline's edges (numeric: values below the first edge count in the first
+bin, above the last in the last; categorical: unseen values count as ``__other__``) and
+compared with the baseline's fractions:
+
+    PSI = sum((live - base) * ln(live / base)), with 1e-4 added to empty bins.
+
+Input drift is per route and feature, against the control version's ``baseline``; output
+drift is per route and version, against that version's ``output_baseline`` (features named
+after the model's outputs; the reported figure is the largest PSI over its outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .baseline import category
+from .config import Route, Snapshot
+
+log = logging.getLogger("model_router.drift")
+
+EPS = 1e-4
+OTHER = "__other__"
+INTERVAL_S = 5.0
+
+
+def psi(live: list[float], base: list[float]) -> float:
+    total = 0.0
+    for a, b in zip(live, base):
+        a, b = max(a, EPS), max(b, EPS)
+        total += (a - b) * math.log(a / b)
+    return total
+
+
+def feature_psi(values: Iterable[Any], spec: dict[str, Any]) -> float | None:
+    """PSI of live values against one baseline feature; None without enough data."""
+    values = list(values)
+    if not values:
+        return None
+    if spec.get("kind") == "numeric":
+        edges = np.asarray(spec["edges"], dtype=float)
+        numbers = np.asarray([v for v in values if isinstance(v, (int, float))
+                              and not isinstance(v, bool)], dtype=float)
+        if numbers.size == 0 or edges.size < 2:
+            return None
+        counts, _ = np.histogram(np.clip(numbers, edges[0], edges[-1]), bins=edges)
+        live = (counts / numbers.size).tolist()
+        return psi(live, list(spec["fractions"]))
+    fractions: dict[str, float] = spec.get("fractions", {})
+    seen: dict[str, int] = {}
+    for v in values:
+        key = category(v)
+        key = key if key in fractions else OTHER
+        seen[key] = seen.get(key, 0) + 1
+    keys = list(fractions) + ([OTHER] if OTHER not in fractions else [])
+    n = len(values)
+    return psi([seen.get(k, 0) / n for k in keys], [fractions.get(k, 0.0) for k in keys])
+
+
+def load_baseline(path: Path | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        log.warning("cannot read baseline %s: %s", path, exc)
+        return None
+
+
+def control_version(route: Route) -> str:
+    """The blue colour, or the first-listed split version."""
+    if route.blue_green is not None:
+        return route.blue_green.blue
+    return route.split[0][0] if route.split else next(iter(route.versions))
+
+
+def input_columns(doc: Any, protocol: str) -> dict[str, list[Any]]:
+    """Feature name -> values of one request body (v2 named inputs, json rows/columns)."""
+    out: dict[str, list[Any]] = {}
+    if not isinstance(doc, dict):
+        rows = doc if isinstance(doc, list) else []
+    elif protocol == "v2":
+        for tensor in doc.get("inputs") or []:
+            if isinstance(tensor, dict) and isinstance(tensor.get("name"), str):
+                data = tensor.get("data")
+                out[tensor["name"]] = _flat(data)
+        return out
+    elif isinstance(doc.get("instances"), list):
+        rows = doc["instances"]
+    elif isinstance(doc.get("inputs"), dict):
+        return {k: _flat(v) for k, v in doc["inputs"].items()}
+    elif isinstance(doc.get("inputs"), list):
+        rows = doc["inputs"]
+    else:
+        rows = [doc]
+    for row in rows:
+        if isinstance(row, dict):
+            for k, v in row.items():
+                out.setdefault(k, []).append(v)
+    return out
+
+
+def output_columns(doc: Any) -> dict[str, list[Any]]:
+    """Output name -> values of a V2 answer, or ``predictions`` of a JSON answer."""
+    if not isinstance(doc, dict):
+        return {}
+    if isinstance(doc.get("outputs"), list):
+        return {t["name"]: _flat(t.get("data")) for t in doc["outputs"]
+                if isinstance(t, dict) and isinstance(t.get("name"), str)}
+    if isinstance(doc.get("predictions"), list):
+        return {"predictions": _flat(doc["predictions"])}
+    return {}
+
+
+def _flat(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    for item in data:
+        out.extend(_flat(item) if isinstance(item, list) else [item])
+    return out
+
+
+class _Window:
+    __slots__ = ("baseline", "values")
+
+    def __init__(self, baseline: dict[str, Any], size: int) -> None:
+        self.baseline = baseline
+        self.values: dict[str, deque[Any]] = {
+            name: deque(maxlen=size) for name in baseline.get("features", {})}
+
+
+class DriftMonitor:
+    """Windows per (route) for inputs and per (route, version) for outputs."""
+
+    def __init__(self, metrics: Any, rand: Any = None) -> None:
+        import random
+        self.metrics = metrics
+        self._rand = rand or random.random
+        self.inputs: dict[str, _Window] = {}
+        self.outputs: dict[tuple[str, str], _Window] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._revision = ""
+        self.last: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<DriftMonitor inputs={len(self.inputs)} outputs={len(self.outputs)}>"
+
+    def configure(self, snapshot: Snapshot) -> None:
+        """Build windows for a newly applied snapshot (baselines read once, here)."""
+        if snapshot.revision == self._revision:
+            return
+        self._revision = snapshot.revision
+        inputs: dict[str, _Window] = {}
+        outputs: dict[tuple[str, str], _Window] = {}
+        for route in snapshot.routes:
+            if route.model is None:
+                continue
+            control = snapshot.registry.version(route.model, control_version(route))
+            base = load_baseline(control.baseline if control else None)
+            if base:
+                old = self.inputs.get(route.name)
+                inputs[route.name] = old if old and old.baseline == base \
+                    else _Window(base, route.drift.window_rows)
+            for name in route.versions:
+                entry = snapshot.registry.version(route.model, name)
+                out_base = load_baseline(entry.output_baseline if entry else None)
+                if out_base:
+                    old = self.outputs.get((route.name, name))
+                    outputs[(route.name, name)] = old if old and old.baseline == out_base \
+                        else _Window(out_base, route.drift.window_rows)
+        self.inputs, self.outputs = inputs, outputs
+
+    def sampled(self, route: Route) -> bool:
+        return (route.name in self.inputs or bool(self.outputs)) and \
+            self._rand() < route.drift.sample
+
+    def observe(self, route: Route, version: str | None, doc: Any,
+                response: bytes | None) -> None:
+        """Record one sampled exchange; called after the response, never raises."""
+        window = self.inputs.get(route.name)
+        if window is not None and doc is not None:
+            for name, values in input_columns(doc, route.protocol).items():
+                target = window.values.get(name)
+                if target is not None:
+                    target.extend(values)
+        if version is not None and response:
+            out = self.outputs.get((route.name, version))
+            if out is not None:
+                try:
+                    columns = output_columns(orjson.loads(response))
+                except orjson.JSONDecodeError:
+                    return
+                for name, values in columns.items():
+                    target = out.values.get(name)
+                    if target is not None:
+                        target.extend(values)
+
+    def compute(self, snapshot: Snapshot) -> dict[str, float]:
+        """PSI of every window; updates the gauges; warns once per crossing."""
+        results: dict[str, float] = {}
+        routes = {r.name: r for r in snapshot.routes}
+        for route_name, window in self.inputs.items():
+            route = routes.get(route_name)
+            for feature, values in window.values.items():
+                value = feature_psi(values, window.baseline["features"][feature])
+                if value is None:
+                    continue
+                results[f"{route_name}/{feature}"] = value
+                self.metrics.feature_drift.labels(route_name, feature).set(value)
+                self._threshold(route_name, feature, value,
+                                route.drift.psi_warn if route else 0.2)
+        for (route_name, version), window in self.outputs.items():
+            values_psi = [v for f, vals in window.values.items()
+                          if (v := feature_psi(vals, window.baseline["features"][f]))
+                          is not None]
+            if values_psi:
+                worst = max(values_psi)
+                results[f"{route_name}/{version}/output"] = worst
+                self.metrics.prediction_drift.labels(route_name, version).set(worst)
+        self.last = results
+        return results
+
+    def _threshold(self, route: str, feature: str, value: float, limit: float) -> None:
+        key = (route, feature)
+        if value > limit and key not in self._warned:
+            self._warned.add(key)
+            log.warning("input drift on route %s feature %s: PSI %.3f > %.2f", route,
+                        feature, value, limit)
+        elif value <= limit and key in self._warned:
+            self._warned.discard(key)
+            log.info("input drift on route %s feature %s back to PSI %.3f", route, feature,
+                     value)
+
+    async def run(self, live: Any, interval: float = INTERVAL_S) -> None:
+        """The periodic PSI task: computed in a thread, never on the request path."""
+        while True:
+            await asyncio.sleep(interval)
+            snapshot = live.snapshot
+            try:
+                self.configure(snapshot)
+                await asyncio.to_thread(self.compute, snapshot)
+            except Exception:  # noqa: BLE001 - monitoring must not stop the router
+                log.exception("drift computation failed")
