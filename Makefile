@@ -10,12 +10,20 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: demo test check
+.PHONY: demo test check promtool
 demo: $(STAMP)
 	$(VENV)/bin/model-router demo
 
-test: $(STAMP)
+test: $(STAMP) promtool
 	$(VENV)/bin/python -m pytest -q
+
+# promtool runs the alert-rule unit tests; installed from Debian's prometheus package when
+# missing and apt-get can (otherwise those tests are skipped with the reason).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
+	  echo "promtool unavailable: alert rule tests will be skipped"; }
 
 check: $(STAMP)
 	$(VENV)/bin/model-router check -c config/router.yaml
