@@ -131,3 +131,22 @@ def _guess(values: list[Any]) -> str:
     if numbers and all(n.is_integer() and "." not in str(v) for n, v in zip(numbers, values)):
         return "int"
     return "float" if numbers else "string"
+
+
+def output_baseline(outputs: Iterable[Any], schema_id: str = "outputs") -> dict[str, Any]:
+    """A baseline of model outputs (V2 ``outputs`` or ``predictions``), e.g. from the log."""
+    from .drift import output_columns
+
+    columns: dict[str, list[Any]] = {}
+    rows = 0
+    for doc in outputs:
+        rows += 1
+        for name, values in output_columns(doc).items():
+            columns.setdefault(name, []).extend(values)
+    features: dict[str, Any] = {}
+    for name, values in columns.items():
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        feature = numeric_feature(values) if numeric else categorical_feature(values)
+        if feature is not None:
+            features[name] = feature
+    return {"schema": schema_id, "rows": rows, "features": features}

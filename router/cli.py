@@ -199,6 +199,12 @@ def _baseline(args: argparse.Namespace) -> int:
     from .problems import Problems
     from .registry import parse_schema
 
+    if args.from_log:
+        return _output_baseline(args)
+    if not args.from_file or not args.schema:
+        print("baseline needs --from FILE --schema ID (or --from-log DIR --route R "
+              "--version V)", file=sys.stderr)
+        return 2
     try:
         rows = read_rows(Path(args.from_file))
     except (OSError, ValueError) as exc:
@@ -258,6 +264,34 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_baseline(args: argparse.Namespace) -> int:
+    """An output_baseline from the answers a version gave in a prediction-log window."""
+    import orjson
+
+    from .audit import LogQuery, parse_time
+    from .baseline import output_baseline
+
+    if not (args.route and args.version):
+        print("--from-log needs --route and --version", file=sys.stderr)
+        return 2
+    rows = LogQuery(Path(args.from_log)).filter(
+        route=args.route, version=args.version, role="primary", status=200,
+        since=parse_time(args.since) if args.since else None, limit=args.limit)
+    outputs = [r["output"] for r in rows if isinstance(r.get("output"), (dict, list))]
+    if not outputs:
+        print("no logged outputs in that window (payloads must be full)", file=sys.stderr)
+        return 1
+    baseline = orjson.dumps(output_baseline(outputs, f"{args.route}/{args.version} outputs"),
+                            option=orjson.OPT_INDENT_2)
+    if args.out:
+        Path(args.out).write_bytes(baseline + b"\n")
+        print(f"output baseline of {len(outputs)} answers written to {args.out}",
+              file=sys.stderr)
+    else:
+        sys.stdout.write(baseline.decode() + "\n")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
     return demo(args.dir, args.duration)
@@ -311,8 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("baseline", help="write a drift baseline from training data")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--from", dest="from_file", required=True, help="CSV or JSONL rows")
-    p.add_argument("--schema", required=True, help="registry schema id")
+    p.add_argument("--from", dest="from_file", help="CSV or JSONL rows")
+    p.add_argument("--schema", help="registry schema id")
+    p.add_argument("--from-log", help="prediction log dir: baseline the logged outputs")
+    p.add_argument("--route")
+    p.add_argument("--version")
+    p.add_argument("--since")
+    p.add_argument("--limit", type=int, default=100_000)
     p.add_argument("--infer", action="store_true", help="also print an inferred schema")
     p.add_argument("--out", help="baseline file (default: stdout)")
     p.set_defaults(func=_baseline)

@@ -83,3 +83,27 @@ async def test_drift_from_traffic(tmp_path: Path, upstreams, start_router, clien
     text = app.metrics.render().decode()
     assert 'model_router_feature_drift_psi{feature="amount",route="fraud"}' in text
     assert 'model_router_prediction_drift_psi{route="fraud",version="v1"}' in text
+
+
+def test_output_baseline_from_the_log(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    lines = [orjson.dumps({"ts": f"2026-11-26T12:00:{i % 60:02d}.000Z", "request_id": str(i),
+                           "route": "fraud", "version": "v1", "role": "primary",
+                           "status": 200, "output": {"outputs": [
+                               {"name": "score", "datatype": "FP64", "shape": [1, 1],
+                                "data": [i / 100]}]}}) for i in range(100)]
+    (logs / "predictions-20261126T120000-1.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out.json"
+    done = subprocess.run([sys.executable, "-m", "router.cli", "baseline", "--from-log",
+                           str(logs), "--route", "fraud", "--version", "v1", "--out",
+                           str(out)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    baseline = orjson.loads(out.read_bytes())
+    assert baseline["rows"] == 100
+    score = baseline["features"]["score"]
+    assert score["kind"] == "numeric" and sum(score["fractions"]) == pytest.approx(1.0)
+    assert feature_psi([i / 100 for i in range(100)], score) == pytest.approx(0.0, abs=1e-6)
