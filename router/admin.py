@@ -75,6 +75,26 @@ def build_admin(app: RouterApp) -> web.Application:
             return _json({"error": "limit must be a number", "code": "bad_request"}, 400)
         return _json(events[-limit:] if limit > 0 else [])
 
+    async def rollouts(_: web.Request) -> web.Response:
+        controller = getattr(app, "rollouts", None)
+        return _json(controller.status() if controller is not None else [])
+
+    async def rollout_action(request: web.Request) -> web.Response:
+        controller = getattr(app, "rollouts", None)
+        name, action = request.match_info["route"], request.match_info["action"]
+        if controller is None:
+            return _json({"error": "no rollout controller here", "code": "no_rollout"}, 404)
+        try:
+            state = controller.act(name, action)
+        except KeyError:
+            return _json({"error": f"route {name} has no rollout", "code": "no_rollout"}, 404)
+        except ValueError as exc:
+            return _json({"error": str(exc), "code": "bad_request"}, 409)
+        return _json(state.public())
+
+    admin.router.add_get("/-/rollouts", rollouts)
+    admin.router.add_post("/-/rollouts/{route}/{action:pause|resume|promote|abort}",
+                          rollout_action)
     admin.router.add_get("/metrics", metrics)
     admin.router.add_get("/-/healthy", healthy)
     admin.router.add_get("/-/ready", ready)

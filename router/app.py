@@ -10,6 +10,8 @@ import asyncio
 import logging
 import signal
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from .metrics import Metrics
 from .predlog import PredictionLog, load_log_key
 from .proxy import Live, Proxy
 from .reload import Reloader, Watcher
+from .rollout import Controller, LocalEvidence
 from .shadow import Shadows
 
 if TYPE_CHECKING:
@@ -40,11 +43,15 @@ class RouterApp:
     """One router process. ``start`` raises ConfigError when the config is invalid."""
 
     def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2,
-                 worker: bool = False) -> None:
+                 worker: bool = False, rollout_clock: Callable[[], float] = time.time,
+                 run_rollouts: bool = True) -> None:
         self.config_path = Path(config_path)
         self.watch_interval = watch_interval
         # A worker serves traffic only: its supervisor owns admin, watch and history.
         self.worker = worker
+        # Tests drive rollouts with a fake clock and ``rollouts.tick()`` instead of the task.
+        self.rollout_clock = rollout_clock
+        self.run_rollouts = run_rollouts
         self.metrics = Metrics()
         self.ready = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -76,7 +83,18 @@ class RouterApp:
         self._spawn(self.drift.run(self.live))
         self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
         self.reloader.on_applied.append(self.drift.configure)
+        self.rollouts: Controller | None = None
         if not self.worker:
+            evidence = LocalEvidence()
+            self.rollouts = Controller(snapshot.state_dir, self.history, evidence,
+                                       self.metrics, clock=self.rollout_clock)
+            self.rollouts.live = self.live
+            self.reloader.transforms.append(self.rollouts.transform)
+            self.proxy.observers.append(evidence.exchange)
+            self.shadows.observers.append(evidence.shadow)
+            self.proxy.feedback_observers.append(evidence.feedback)
+            if self.run_rollouts:
+                self._spawn(self.rollouts.run())
             self.reloader.applied(snapshot)
 
         limits = snapshot.limits

@@ -292,6 +292,59 @@ def _output_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rollout(args: argparse.Namespace) -> int:
+    """Drive a progressive rollout through the admin API of a running router."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    from . import yaml12
+
+    path = Path(args.config)
+    doc = (yaml12.loads(path.read_bytes()) if path.exists() else {}) or {}
+    admin = doc.get("admin") or {}
+    base = args.admin or f"http://{admin.get('host', '127.0.0.1')}:{admin.get('port', 9090)}"
+    headers = {}
+    token_env = admin.get("token_env")
+    if token_env and os.environ.get(token_env):
+        headers["Authorization"] = f"Bearer {os.environ[token_env]}"
+    if args.action == "status":
+        request = urllib.request.Request(f"{base}/-/rollouts", headers=headers)
+    else:
+        if not args.route:
+            print(f"rollout {args.action} needs a ROUTE", file=sys.stderr)
+            return 2
+        request = urllib.request.Request(f"{base}/-/rollouts/{args.route}/{args.action}",
+                                         data=b"", method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "status":
+        rows = [r for r in body if not args.route or r["route"] == args.route]
+        if args.json:
+            _print_json(rows)
+            return 0
+        if not rows:
+            print("no rollouts")
+        for r in rows:
+            ev = r["evidence"]
+            print(f"{r['route']}: {r['baseline']} -> {r['canary']} {r['status']} at "
+                  f"{r['weight']:g}% (step {r['step'] + 1}/{len(r['steps'])}); canary "
+                  f"{ev['canary']['requests']} requests, {ev['canary']['errors']} errors; "
+                  f"baseline {ev['baseline']['requests']} requests, "
+                  f"{ev['baseline']['errors']} errors")
+        return 0
+    _print_json(body)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
     return demo(args.dir, args.duration)
@@ -355,6 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer", action="store_true", help="also print an inferred schema")
     p.add_argument("--out", help="baseline file (default: stdout)")
     p.set_defaults(func=_baseline)
+
+    p = sub.add_parser("rollout", help="status, pause, resume, promote or abort a rollout")
+    p.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
+    p.add_argument("route", nargs="?")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--admin", help="admin base URL (default: from the config)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_rollout)
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
     p.add_argument("--dir", default="demo")

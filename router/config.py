@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 
 from . import yaml12
@@ -96,6 +97,33 @@ class Drift:
 
 
 @dataclass(frozen=True, slots=True)
+class Checks:
+    error_rate_max_increase: float | None = None
+    latency_p99_max_ratio: float | None = None
+    shadow_agreement_min: float | None = None
+    outcome_name: str | None = None
+    outcome_max_drop: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    baseline: str
+    canary: str
+    steps: tuple[float, ...]
+    step_min_s: float
+    step_min_requests: int
+    checks: Checks
+    on_failure: Literal["rollback", "pause"]
+    key: str                              # hash of the block: editing it restarts the rollout
+
+    def split(self, canary_percent: float) -> tuple[tuple[tuple[str, float], ...],
+                                                    tuple[int, ...]]:
+        """Baseline listed first, canary last: growing the canary only adds users to it."""
+        entries = ((self.baseline, 100.0 - canary_percent), (self.canary, canary_percent))
+        return entries, (round(100 * (100.0 - canary_percent)), BUCKETS)
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     prefix: str                           # "" for the root prefix "/"
@@ -116,6 +144,7 @@ class Route:
     drift: Drift
     pinned: Mapping[str, str]             # version name or model_version -> version name
     validator: Validator | None = None    # compiled from input_schema unless off or raw
+    rollout: Rollout | None = None        # owns split when set (weights from its state)
 
     def weights(self) -> dict[str, float]:
         """Effective traffic percent per version (blue/green: 100 on the active colour)."""
@@ -134,6 +163,9 @@ class Route:
         if self.blue_green is not None:
             out["blue_green"] = {"blue": self.blue_green.blue, "green": self.blue_green.green,
                                  "active": self.blue_green.active}
+        if self.rollout is not None:
+            out["rollout"] = {"baseline": self.rollout.baseline, "canary": self.rollout.canary,
+                              "steps": list(self.rollout.steps), "key": self.rollout.key}
         if self.shadows:
             out["shadow"] = [{"version": s.version, "percent": s.percent} for s in self.shadows]
         return out
@@ -387,8 +419,8 @@ def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:
 # -- routes ------------------------------------------------------------------------------------
 
 _ROUTE_KEYS = ("name", "match", "protocol", "model", "input_schema", "validation", "versions",
-               "split", "blue_green", "sticky", "override", "shadow", "outlier", "drift",
-               "fallback", "timeout_s")
+               "split", "blue_green", "rollout", "sticky", "override", "shadow", "outlier",
+               "drift", "fallback", "timeout_s")
 
 
 def _routes(p: Problems, raw: Any, registry: Registry, base: Path) -> list[Route]:
@@ -603,12 +635,24 @@ def _route(p: Problems, path: str, raw: Any, registry: Registry, base: Path,
     split: tuple[tuple[str, float], ...] = ()
     bounds: tuple[int, ...] = ()
     blue_green = None
-    if ("split" in spec) == ("blue_green" in spec):
-        p.error(path, "give exactly one of split or blue_green")
+    rollout = None
+    owners = [k for k in ("split", "blue_green", "rollout") if k in spec]
+    if "rollout" in spec and len(owners) > 1:
+        others = " and ".join(k for k in owners if k != "rollout")
+        p.error(path, f"{others} beside rollout: the rollout (baseline "
+                f"{(spec['rollout'] or {}).get('baseline') if isinstance(spec['rollout'], dict) else '?'}"
+                f" -> canary {(spec['rollout'] or {}).get('canary') if isinstance(spec['rollout'], dict) else '?'}"
+                ") owns this route's weights; remove " + others)
+    elif len(owners) != 1:
+        p.error(path, "give exactly one of split, blue_green or rollout")
     if "split" in spec:
         split, bounds = _split(p, join(path, "split"), spec["split"], checked)
     if "blue_green" in spec:
         blue_green = _blue_green(p, join(path, "blue_green"), spec["blue_green"], checked)
+    if "rollout" in spec:
+        rollout = _rollout(p, join(path, "rollout"), spec["rollout"], checked)
+        if rollout is not None and not split:
+            split, bounds = rollout.split(rollout.steps[0])
 
     sticky = _sticky(p, join(path, "sticky"), spec["sticky"], name or "") \
         if "sticky" in spec else None
@@ -641,7 +685,7 @@ def _route(p: Problems, path: str, raw: Any, registry: Registry, base: Path,
                  versions=versions, split=split, bounds=bounds, blue_green=blue_green,
                  sticky=sticky, override=override, shadows=shadows, fallback=fallback,
                  timeout_s=timeout_s, outlier=outlier, drift=drift, pinned=pinned,
-                 validator=validator)
+                 validator=validator, rollout=rollout)
 
 
 def _gate(p: Problems, path: str, registry: Registry, model: str, input_schema: str,
@@ -676,6 +720,58 @@ def _blue_green(p: Problems, path: str, raw: Any, versions: Mapping[str, Any],
     if not (blue and green and active):
         return None
     return BlueGreen(blue=blue, green=green, active=active)  # type: ignore[arg-type]
+
+
+def _rollout(p: Problems, path: str, raw: Any, versions: Mapping[str, Any]) -> Rollout | None:
+    keys = ("baseline", "canary", "steps", "step_min_s", "step_min_requests", "checks",
+            "on_failure")
+    spec = p.mapping(path, raw, keys, required=("baseline", "canary", "steps"))
+    if not spec or not all(k in spec for k in ("baseline", "canary", "steps")):
+        return None
+    baseline = _known(p, join(path, "baseline"), spec["baseline"], versions)
+    canary = _known(p, join(path, "canary"), spec["canary"], versions)
+    if baseline and canary and baseline == canary:
+        p.error(path, "baseline and canary must be different versions")
+    steps_raw = p.sequence(join(path, "steps"), spec["steps"]) or []
+    steps = [p.number(join(join(path, "steps"), i), v, low=0, high=100, positive=True)
+             for i, v in enumerate(steps_raw)]
+    if not steps_raw:
+        p.error(join(path, "steps"), "list at least one canary percent")
+    if any(s is None for s in steps):
+        return None
+    if any(b <= a for a, b in zip(steps, steps[1:])):  # type: ignore[operator]
+        p.error(join(path, "steps"), f"steps must increase, got {steps}")
+    min_s = p.number(join(path, "step_min_s"), spec.get("step_min_s", 60), low=0)
+    min_req = p.number(join(path, "step_min_requests"), spec.get("step_min_requests", 500),
+                       low=0, integer=True)
+    on_failure = p.string(join(path, "on_failure"), spec.get("on_failure", "rollback"),
+                          ("rollback", "pause"))
+    checks = Checks()
+    if "checks" in spec:
+        cpath = join(path, "checks")
+        c = p.mapping(cpath, spec["checks"], ("error_rate", "latency_p99", "shadow_agreement",
+                                               "outcome")) or {}
+        values: dict[str, Any] = {}
+        for key, inner, field_name, kw in (
+                ("error_rate", "max_increase", "error_rate_max_increase", {"low": 0, "high": 1}),
+                ("latency_p99", "max_ratio", "latency_p99_max_ratio", {"positive": True}),
+                ("shadow_agreement", "min", "shadow_agreement_min", {"low": 0, "high": 1}),
+                ("outcome", "max_drop", "outcome_max_drop", {"low": 0, "high": 1})):
+            if key not in c:
+                continue
+            allowed = (inner, "name") if key == "outcome" else (inner,)
+            block = p.mapping(join(cpath, key), c[key], allowed, required=allowed) or {}
+            if inner in block:
+                values[field_name] = p.number(join(join(cpath, key), inner), block[inner], **kw)
+            if key == "outcome" and "name" in block:
+                values["outcome_name"] = p.name(join(cpath, "outcome.name"), block["name"])
+        checks = Checks(**values)
+    if not (baseline and canary and min_s is not None and min_req is not None and on_failure):
+        return None
+    key = hashlib.sha256(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+    return Rollout(baseline=baseline, canary=canary, steps=tuple(steps),  # type: ignore[arg-type]
+                   step_min_s=min_s, step_min_requests=int(min_req), checks=checks,
+                   on_failure=on_failure, key=key)  # type: ignore[arg-type]
 
 
 def _sticky(p: Problems, path: str, raw: Any, route_name: str) -> Sticky | None:

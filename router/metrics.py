@@ -65,6 +65,9 @@ class Metrics:
                                       "Largest PSI of a version's outputs vs its output "
                                       "baseline.", ["route", "version"], registry=r,
                                       multiprocess_mode="livemax")
+        self.rollout_step = Gauge("model_router_rollout_step",
+                                  "Canary percent of the route's progressive rollout now.",
+                                  ["route"], registry=r, multiprocess_mode="livemax")
         self.predlog_records = Counter("model_router_predlog_records_total",
                                        "Prediction log records written.", registry=r)
         self.predlog_dropped = Counter("model_router_predlog_dropped_total",

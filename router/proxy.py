@@ -156,6 +156,7 @@ class Proxy:
         self.shadows: Shadows | None = None
         self.drift: DriftMonitor | None = None
         self.observers: list[Observer] = []
+        self.feedback_observers: list[Callable[[str, dict[str, Any]], None]] = []
         self.inflight = 0
         self.draining = False
         self.observer_errors = 0
@@ -481,6 +482,11 @@ class Proxy:
                 revision=snapshot.revision, role="feedback", version=None, reason=None,
                 upstream=None, status=202, latency_ms=0.0, sticky_key=None,
                 request_body=None, response_body=None, outcome=doc["outcome"]), reserved=True)
+        for observer in self.feedback_observers:
+            try:
+                observer(doc["request_id"], doc["outcome"])
+            except Exception:  # noqa: BLE001
+                log.exception("feedback observer %r failed", observer)
         return web.Response(status=202, body=orjson.dumps({"request_id": doc["request_id"],
                                                           "accepted": True}),
                             content_type="application/json")

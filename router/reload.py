@@ -50,6 +50,9 @@ class Reloader:
         self.history = history
         self.last_error: dict[str, object] | None = None
         self.on_applied: list[Callable[[Snapshot], None]] = []
+        # Applied to every snapshot before it goes live (the rollout controller sets the
+        # weights it owns here, so the swap is still one reference).
+        self.transforms: list[Callable[[Snapshot], Snapshot]] = []
         self._wall = wall
         self._lock = asyncio.Lock()
 
@@ -62,6 +65,8 @@ class Reloader:
 
     def applied(self, snapshot: Snapshot) -> None:
         """Make ``snapshot`` live and record it (also used for the first load)."""
+        for transform in self.transforms:
+            snapshot = transform(snapshot)
         self.live.snapshot = snapshot
         self.last_error = None
         self.metrics.applied(snapshot)

@@ -77,6 +77,10 @@ def decide(route: Route, rest: str, *, override: str | None, sticky_key: str | N
     if route.blue_green is not None:
         return Decision(route.blue_green.active_version, "blue_green", rest)
     if sticky_key is not None and route.sticky is not None:
-        return Decision(by_bucket(route, sticky_bucket(route.sticky.salt, sticky_key)),
-                        "sticky", rest)
-    return Decision(by_bucket(route, int(rand * BUCKETS)), "split", rest)
+        bucket = sticky_bucket(route.sticky.salt, sticky_key)
+        reason: Reason = "sticky"
+    else:
+        bucket = int(rand * BUCKETS)
+        reason = "split"
+    # A rollout owns the weights; the reason says so (stickiness still picks the bucket).
+    return Decision(by_bucket(route, bucket), "rollout" if route.rollout else reason, rest)

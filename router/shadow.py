@@ -127,6 +127,8 @@ class Shadows:
         self.balancer = balancer
         self.tasks: set[asyncio.Task[None]] = set()
         self.inflight: dict[tuple[str, str], int] = {}
+        # Called with (route, shadow version, compare result or None) after each copy.
+        self.observers: list[Callable[[str, str, dict[str, Any] | None], None]] = []
         self._rand = rand
         self._clock = clock
 
@@ -182,6 +184,11 @@ class Shadows:
         if reason is not None:
             self.metrics.shadow_dropped.labels(route.name, shadow.version, reason).inc()
         result = self._compare(ex, route, shadow, body, reason)
+        for observer in self.observers:
+            try:
+                observer(route.name, shadow.version, result)
+            except Exception:  # noqa: BLE001
+                log.exception("shadow observer %r failed", observer)
         self.metrics.observe(route.name, shadow.version, "shadow", status, latency)
         if self.predlog is not None:
             self.predlog.add(Entry(

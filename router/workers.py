@@ -115,6 +115,10 @@ class Supervisor:
 
     async def start(self) -> None:
         snapshot = await asyncio.to_thread(load_snapshot, self.config_path, source="startup")
+        rollouts = [r.name for r in snapshot.routes if r.rollout is not None]
+        if rollouts:
+            raise RuntimeError(f"routes {rollouts} have a rollout: run them with --workers 1 "
+                               "(each process judges its own traffic; see README)")
         self.live = Live(snapshot)
         self.history = History(snapshot.state_dir)
         self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)

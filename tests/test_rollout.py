@@ -1,0 +1,208 @@
+"""Progressive rollout with a fake clock and real loopback upstreams."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from conftest import admin_url, url, write_config
+from router.config import load_snapshot
+from router.errors import ConfigError
+from router.rollout import Arm, check_error_rate, check_latency
+from test_config import base_route
+from test_reload import rewrite
+
+
+def flaky(every: int | None, delay: float = 0.0) -> web.Application:
+    """An upstream failing one request in ``every`` (deterministically), after ``delay``."""
+    counter = itertools.count(1)
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        if delay:
+            await asyncio.sleep(delay)
+        if every and next(counter) % every == 0:
+            return web.Response(status=500, text="boom")
+        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
+                                               "datatype": "FP64", "data": [0.2]}]})
+
+    app = web.Application()
+    app.router.add_post("/m/infer", infer)
+    return app
+
+
+def rollout_route(v1: str, v2: str, **rollout: Any) -> dict[str, Any]:
+    block = {"baseline": "v1", "canary": "v2", "steps": [10, 50, 100], "step_min_s": 60,
+             "step_min_requests": 100, "checks": {"error_rate": {"max_increase": 0.01}},
+             "on_failure": "rollback"}
+    block.update(rollout)
+    return {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
+            "model": "fraud", "versions": {"v1": {"url": v1 + "/m"}, "v2": {"url": v2 + "/m"}},
+            "rollout": block}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def send(client, app, n: int, concurrency: int = 20) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one() -> None:
+        async with sem:
+            async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+                await resp.read()
+                v = resp.headers.get("x-model-version", "-")
+                seen[v] = seen.get(v, 0) + 1
+
+    await asyncio.gather(*[one() for _ in range(n)])
+    return seen
+
+
+def history(tmp_path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in
+            (tmp_path / "state" / "history.jsonl").read_bytes().splitlines()]
+
+
+def test_split_beside_rollout_names_the_rollout(tmp_path: Path) -> None:
+    route = base_route(rollout={"baseline": "v1", "canary": "v2", "steps": [5, 100]})
+    path = write_config(tmp_path, [route])
+    with pytest.raises(ConfigError) as info:
+        load_snapshot(path)
+    assert any("split beside rollout" in e and "v1 -> canary v2" in e
+               for e in info.value.errors), info.value.errors
+
+
+def test_statistics_tables() -> None:
+    base = Arm(requests=2000, errors=10)
+    bad = Arm(requests=500, errors=25)
+    same = Arm(requests=500, errors=3)
+    assert check_error_rate(base, bad, 0.01, 0.001)["failed"] is True
+    assert check_error_rate(base, same, 0.01, 0.05)["failed"] is False
+    fast = Arm(latencies=[0.010 + 0.0001 * (i % 10) for i in range(300)])
+    slow = Arm(latencies=[0.016 + 0.0001 * (i % 10) for i in range(300)])
+    result = check_latency(fast, slow, 1.25, 0.05)
+    assert result["failed"] is True and result["quantile"] == "p90"
+    assert check_latency(fast, fast, 1.25, 0.05)["failed"] is False
+
+
+async def test_bad_canary_is_rolled_back_early(tmp_path: Path, upstreams, start_router,
+                                               client) -> None:
+    v1 = await upstreams.start(flaky(200))   # 0.5% errors
+    v2 = await upstreams.start(flaky(20))    # 5% errors
+    clock = Clock()
+    path = write_config(tmp_path, [rollout_route(v1, v2, steps=[50, 100], step_min_s=600,
+                                                 step_min_requests=500)])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    started = clock.now
+    for _ in range(40):
+        await send(client, app, 100)
+        clock.now += 1.5
+        app.rollouts.tick()
+        if app.rollouts.states["fraud"].status != "running":
+            break
+    state = app.rollouts.states["fraud"]
+    assert state.status == "rolled_back" and state.weight == 0
+    assert clock.now - started < 600, "rolled back long before the step would end"
+    assert await send(client, app, 50) == {"v1": 50}
+    event = history(tmp_path)[-1]
+    assert event["event"] == "rolled_back" and event["evidence"]["alpha"] == 0.001
+    check = event["evidence"]["checks"][0]
+    assert check["check"] == "error_rate" and check["p_value"] < 0.001
+    assert 'model_router_rollout_step{route="fraud"} 0.0' in app.metrics.render().decode()
+
+
+async def test_healthy_canary_walks_every_step(tmp_path: Path, upstreams, start_router,
+                                               client) -> None:
+    both = await upstreams.start(flaky(200))  # one server for both arms: same behaviour
+    clock = Clock()
+    path = write_config(tmp_path, [rollout_route(both, both, step_min_requests=30, checks={
+        "error_rate": {"max_increase": 0.01}, "latency_p99": {"max_ratio": 1.5}})])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    weights = []
+    for _ in range(12):
+        weights.append(app.rollouts.states["fraud"].weight)
+        seen = await send(client, app, 400)
+        if weights[-1] < 100:
+            assert seen.get("v2", 0) > 0
+        clock.now += 61
+        app.rollouts.tick()
+        if app.rollouts.states["fraud"].status == "promoted":
+            break
+    assert app.rollouts.states["fraud"].status == "promoted"
+    assert weights[:3] == [10, 50, 100]
+    assert await send(client, app, 30) == {"v2": 30}
+    events = [e["event"] for e in history(tmp_path) if e["source"] == "rollout"]
+    assert events == ["rollout_step", "rollout_step", "rollout_step", "promoted"]
+    async with client.get(admin_url(app, "/-/config")) as resp:
+        assert (await resp.json())["routes"][0]["weights"] == {"v1": 0.0, "v2": 100.0}
+
+
+async def test_slower_canary_is_stopped(tmp_path: Path, upstreams, start_router,
+                                        client) -> None:
+    v1 = await upstreams.start(flaky(None, delay=0.010))
+    v2 = await upstreams.start(flaky(None, delay=0.016))  # latency ratio 1.6
+    clock = Clock()
+    path = write_config(tmp_path, [rollout_route(
+        v1, v2, steps=[50, 100], step_min_s=30, step_min_requests=200,
+        checks={"latency_p99": {"max_ratio": 1.25}})])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    for _ in range(6):
+        await send(client, app, 300)
+        clock.now += 31
+        app.rollouts.tick()
+        if app.rollouts.states["fraud"].status != "running":
+            break
+    assert app.rollouts.states["fraud"].status == "rolled_back"
+    check = history(tmp_path)[-1]["evidence"]["checks"][0]
+    assert check["check"] == "latency" and check["quantile"] == "p90"
+    assert check["ci_low"] > 1.25
+
+
+async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_router,
+                                               client) -> None:
+    both = await upstreams.start(flaky(None))
+    clock = Clock()
+    path = write_config(tmp_path, [rollout_route(both, both, step_min_requests=20)])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    await send(client, app, 400)
+    clock.now += 61
+    app.rollouts.tick()
+    assert app.rollouts.states["fraud"].weight == 50
+    await app.stop()
+
+    again = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    assert again.rollouts.states["fraud"].weight == 50  # resumed at the same step
+    async with client.post(admin_url(again, "/-/rollouts/fraud/pause")) as resp:
+        assert resp.status == 200 and (await resp.json())["status"] == "paused"
+    await send(client, again, 300)
+    clock.now += 120
+    again.rollouts.tick()
+    assert again.rollouts.states["fraud"].weight == 50  # pause holds the weights
+    async with client.get(admin_url(again, "/-/rollouts")) as resp:
+        status = (await resp.json())[0]
+    assert status["status"] == "paused" and status["canary"] == "v2"
+    async with client.post(admin_url(again, "/-/rollouts/fraud/resume")) as resp:
+        assert resp.status == 200
+    async with client.post(admin_url(again, "/-/rollouts/nope/abort")) as resp:
+        assert resp.status == 404
+
+    # Editing elsewhere keeps the rollout; editing the block restarts it.
+    rewrite(path, lambda doc: doc["routes"][0].update(timeout_s=5))
+    await again.reloader.reload("api")
+    assert again.rollouts.states["fraud"].weight == 50
+    rewrite(path, lambda doc: doc["routes"][0]["rollout"].update(steps=[20, 100]))
+    await again.reloader.reload("api")
+    assert again.rollouts.states["fraud"].weight == 20
+    assert again.rollouts.states["fraud"].step == 0
