@@ -206,3 +206,27 @@ async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_
     await again.reloader.reload("api")
     assert again.rollouts.states["fraud"].weight == 20
     assert again.rollouts.states["fraud"].step == 0
+
+
+async def test_rollout_cli(tmp_path: Path, upstreams, start_router) -> None:
+    import sys
+    both = await upstreams.start(flaky(None))
+    path = write_config(tmp_path, [rollout_route(both, both)])
+    app = await start_router(path, run_rollouts=False)
+    admin = f"http://127.0.0.1:{app.admin_port}"
+
+    async def cli(*args: str) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.cli", "rollout", *args, "-c", str(path),
+            "--admin", admin, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1])
+        out, _ = await proc.communicate()
+        return proc.returncode, out.decode()
+
+    code, out = await cli("status")
+    assert code == 0 and "fraud: v1 -> v2 running at 10% (step 1/3)" in out
+    code, out = await cli("abort", "fraud")
+    assert code == 0 and '"status": "aborted"' in out
+    assert app.rollouts.states["fraud"].weight == 0
+    code, out = await cli("pause")
+    assert code == 2
