@@ -37,6 +37,8 @@ def _shown(value: Any) -> Any:
         return value[:64] + "..."
     if isinstance(value, (list, dict)):
         return type(value).__name__
+    if isinstance(value, int) and not -(2 ** 63) <= value < 2 ** 64:
+        return str(value)  # beyond what JSON encoders here can write
     return value
 
 
