@@ -347,7 +347,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
-    return demo(args.dir, args.duration)
+    return demo(args.dir, args.duration, story=not args.no_story)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
     p.add_argument("--dir", default="demo")
-    p.add_argument("--duration", type=float, default=20.0)
+    p.add_argument("--duration", type=float, default=40.0, help="seconds (default 40)")
+    p.add_argument("--no-story", action="store_true", help="just run traffic")
     p.set_defaults(func=_demo)
     return parser
 

@@ -1,9 +1,16 @@
-"""``model-router demo``: demo model servers, the router and simulated users in one process.
+"""``model-router demo``: the whole product in one process tree, with nothing to install.
 
-Writes a demo config directory, starts three V2 model servers (v1 production, v2 canary,
-v3 shadow target) and the router on free loopback ports, drives sticky users, and prints the
-live split once a second. Half-way it edits router.yaml from 95/5 to 50/50 and the change
-shows up through the router's own file reload.
+Starts three Open Inference Protocol (V2) model servers on free loopback ports (v1
+production, v2 canary, v3 shadow; small logistic models with their own weights), writes a
+demo config directory (router.yaml, registry.yaml, baselines), starts the router on it, and
+drives simulated users (sticky ids) plus simulated business outcomes posted to
+``/-/feedback``. A live view shows, every second, each version's share, rps, p50/p99,
+errors, shadow agreement and the drift of one feature.
+
+The story (``--no-story`` skips it): a 95/5 canary; the demo edits router.yaml to 50/50 and
+the view shows it within a second (the router's own file reload); a bad deploy (a v4 trained
+on a renamed feature) is attempted and refused while traffic keeps flowing; a blue/green
+flip; at the end, the audit of one request and the report table, and commands to try next.
 """
 
 from __future__ import annotations
@@ -12,87 +19,175 @@ import asyncio
 import os
 import random
 import signal
+import sys
 import time
-from collections import Counter
+from collections import deque
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 from aiohttp import web
 
 from .app import RouterApp
+from .baseline import build_baseline
 from .demo_models import MODELS, make_app
+from .registry import Field, Schema
 
-COUNTRIES = ("US", "US", "US", "DE", "FR")
+COUNTRIES = ("US", "DE", "FR")
+COUNTRY_WEIGHTS = (0.6, 0.3, 0.1)
+CONVERSION = {"v1": 0.10, "v2": 0.12, "v3": 0.10}   # the canary really is better
+SCHEMA = Schema("fraud-features@1", (
+    Field("amount", "float", min=0), Field("avg_purchase_last_7_days", "float", min=0),
+    Field("country", "string", enum=COUNTRIES), Field("is_new_user", "bool", required=False)))
 
 
-def demo_registry() -> dict:
+# -- files ---------------------------------------------------------------------------------------
+
+def features(rng: random.Random, amount_scale: float = 1.0) -> dict[str, Any]:
+    return {"amount": round(rng.lognormvariate(3.5, 1.0) * amount_scale, 2),
+            "avg_purchase_last_7_days": round(rng.lognormvariate(3.4, 0.8), 2),
+            "country": rng.choices(COUNTRIES, COUNTRY_WEIGHTS)[0],
+            "is_new_user": rng.random() < 0.2}
+
+
+def registry_doc(with_v4: bool = False) -> dict[str, Any]:
     fields = {"amount": {"type": "float", "min": 0},
               "avg_purchase_last_7_days": {"type": "float", "min": 0},
-              "country": {"type": "string", "enum": ["US", "DE", "FR"]},
+              "country": {"type": "string", "enum": list(COUNTRIES)},
               "is_new_user": {"type": "bool", "required": False}}
-    versions = {name: {"schema": "fraud-features@1",
-                       "training_data": f"s3://demo-data/fraud/{name}.parquet",
-                       "model_version": model.model_version, "created": "2026-11-01"}
-                for name, model in MODELS.items()}
-    return {"schemas": {"fraud-features@1": {"fields": fields}},
-            "models": {"fraud": {"versions": versions}}}
+    doc: dict[str, Any] = {"schemas": {"fraud-features@1": {"fields": fields}}, "models": {
+        "fraud": {"versions": {name: {
+            "schema": "fraud-features@1",
+            "training_data": f"s3://demo-data/fraud/{name}-2026-11.parquet",
+            "metrics": {"auc": {"v1": 0.912, "v2": 0.927, "v3": 0.921}[name]},
+            "baseline": "baselines/fraud-v1.json" if name == "v1" else None,
+            "created": "2026-11-0" + name[1], "model_version": model.model_version}
+            for name, model in MODELS.items()}}}}
+    for entry in doc["models"]["fraud"]["versions"].values():
+        if entry["baseline"] is None:
+            del entry["baseline"]
+    if with_v4:
+        renamed = dict(fields)
+        renamed["avg_purchase_last_10_days"] = renamed.pop("avg_purchase_last_7_days")
+        doc["schemas"]["fraud-features@2"] = {"fields": renamed}
+        doc["models"]["fraud"]["versions"]["v4"] = {
+            "schema": "fraud-features@2", "training_data": "s3://demo-data/fraud/v4.parquet",
+            "model_version": "4.0.0"}
+    return doc
 
 
-def demo_config(ports: dict[str, int], split: tuple[int, int]) -> dict:
+def router_doc(ports: dict[str, int], *, split: tuple[int, int] | None = (95, 5),
+               active: str | None = None, with_v4: bool = False) -> dict[str, Any]:
     versions = {name: {"url": f"http://127.0.0.1:{port}/v2/models/fraud"}
                 for name, port in ports.items()}
-    return {
-        "listen": {"host": "127.0.0.1", "port": 0},
-        "admin": {"host": "127.0.0.1", "port": 0},
-        "registry": "registry.yaml",
-        "state_dir": "state",
-        "prediction_log": {"dir": "logs"},
-        "routes": [{
-            "name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
-            "model": "fraud", "input_schema": "fraud-features@1", "versions": versions,
-            "split": {"v1": split[0], "v2": split[1]}, "sticky": {"header": "x-user-id"},
-            "fallback": "v1", "timeout_s": 2.0,
-        }],
-    }
+    if with_v4:
+        versions["v4"] = {"url": f"http://127.0.0.1:{ports['v2']}/v2/models/fraud"}
+    route: dict[str, Any] = {
+        "name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
+        "model": "fraud", "input_schema": "fraud-features@1", "validation": "enforce",
+        "versions": versions}
+    if active:
+        route["blue_green"] = {"blue": "v1", "green": "v2", "active": active}
+    else:
+        route["split"] = {"v1": split[0], "v2": split[1]}  # type: ignore[index]
+    route.update({"sticky": {"header": "x-user-id"},
+                  "override": {"header": "x-model-override", "allow": ["v2", "v3"]},
+                  "shadow": [{"version": "v3", "percent": 50, "timeout_s": 1.0}],
+                  "drift": {"window_rows": 2000, "sample": 1.0, "psi_warn": 0.2},
+                  "fallback": "v1", "timeout_s": 2.0})
+    return {"listen": {"host": "127.0.0.1", "port": 0},
+            "admin": {"host": "127.0.0.1", "port": 0},
+            "registry": "registry.yaml", "state_dir": "state",
+            "prediction_log": {"dir": "logs", "payloads": "full", "flush_ms": 200},
+            "routes": [route]}
 
 
-def write_yaml(path: Path, doc: dict) -> None:
+def write_yaml(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     os.replace(tmp, path)
 
 
-def request_body(rng: random.Random) -> dict:
-    amount = round(rng.lognormvariate(3.5, 1.2), 2)
-    return {"inputs": [
-        {"name": "amount", "datatype": "FP64", "shape": [1], "data": [amount]},
-        {"name": "avg_purchase_last_7_days", "datatype": "FP64", "shape": [1],
-         "data": [round(rng.lognormvariate(3.4, 0.8), 2)]},
-        {"name": "country", "datatype": "BYTES", "shape": [1], "data": [rng.choice(COUNTRIES)]},
-        {"name": "is_new_user", "datatype": "BOOL", "shape": [1], "data": [rng.random() < 0.2]},
-    ]}
+def v2_body(row: dict[str, Any]) -> bytes:
+    types = {"amount": "FP64", "avg_purchase_last_7_days": "FP64", "country": "BYTES",
+             "is_new_user": "BOOL"}
+    return orjson.dumps({"inputs": [{"name": k, "datatype": types[k], "shape": [1],
+                                     "data": [v]} for k, v in row.items()]})
 
 
-async def _users(base: str, counts: Counter, stop: asyncio.Event, seed: int) -> None:
+# -- traffic and the view ------------------------------------------------------------------------
+
+class Stats:
+    """Client-side view of the last second, per version."""
+
+    def __init__(self) -> None:
+        self.window: deque[tuple[float, str, int, float]] = deque()
+        self.sample_ids: list[str] = []
+
+    def add(self, version: str, status: int, latency: float) -> None:
+        self.window.append((time.monotonic(), version, status, latency))
+
+    def recent(self, seconds: float = 1.0) -> list[tuple[float, str, int, float]]:
+        cutoff = time.monotonic() - seconds
+        while self.window and self.window[0][0] < cutoff - 5:
+            self.window.popleft()
+        return [w for w in self.window if w[0] >= cutoff]
+
+
+async def users(base: str, stats: Stats, stop: asyncio.Event, seed: int,
+                drift: dict[str, float]) -> None:
     rng = random.Random(seed)
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
-            user = f"user-{rng.randrange(500)}"
+            user = f"user-{rng.randrange(2000)}"
+            started = time.perf_counter()
             try:
                 async with session.post(f"{base}/v2/models/fraud/infer",
-                                        json=request_body(rng),
-                                        headers={"x-user-id": user}) as resp:
+                                        data=v2_body(features(rng, drift["amount"])),
+                                        headers={"x-user-id": user,
+                                                 "content-type": "application/json"}) as resp:
                     await resp.read()
-                    counts[(resp.headers.get("x-model-version", "-"), resp.status)] += 1
+                    version = resp.headers.get("x-model-version", "-")
+                    rid = resp.headers.get("x-request-id", "")
+                    stats.add(version, resp.status, time.perf_counter() - started)
+                if resp.status == 200:
+                    if len(stats.sample_ids) < 5:
+                        stats.sample_ids.append(rid)
+                    converted = rng.random() < CONVERSION.get(version, 0.1)
+                    async with session.post(f"{base}/-/feedback", json={
+                            "request_id": rid, "outcome": {"converted": converted}}) as fb:
+                        await fb.read()
             except aiohttp.ClientError:
-                counts[("-", 0)] += 1
-            await asyncio.sleep(rng.uniform(0.005, 0.02))
+                stats.add("-", 0, time.perf_counter() - started)
+            await asyncio.sleep(rng.uniform(0.01, 0.04))
 
 
-async def run_demo(folder: Path, duration: float) -> int:
+def view_rows(stats: Stats, weights: dict[str, float], agreement: list[float],
+              drift: float | None) -> list[str]:
+    recent = stats.recent()
+    total = len(recent) or 1
+    lines = []
+    for version in sorted(set(weights) | {v for _, v, _, _ in recent}):
+        mine = [w for w in recent if w[1] == version]
+        lat = sorted(w[3] * 1000 for w in mine)
+        p50 = lat[len(lat) // 2] if lat else 0.0
+        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else 0.0
+        errors = sum(1 for w in mine if w[2] >= 500 or w[2] == 0)
+        lines.append(f"{version:<4} weight {weights.get(version, 0):>5.1f}%  served "
+                     f"{100 * len(mine) / total:>5.1f}%  rps {len(mine):>4}  p50 {p50:6.2f} ms"
+                     f"  p99 {p99:6.2f} ms  errors {errors}")
+    agree = f"{sum(agreement) / len(agreement):.3f}" if agreement else "-"
+    lines.append(f"shadow v3 label agreement {agree} over the last {len(agreement)} copies   "
+                 f"input drift PSI(amount) {'-' if drift is None else f'{drift:.3f}'}")
+    return lines
+
+
+async def run_demo(folder: Path, duration: float, story: bool) -> int:
     folder.mkdir(parents=True, exist_ok=True)
-    runners = []
+    (folder / "baselines").mkdir(exist_ok=True)
+    runners: list[web.AppRunner] = []
     ports: dict[str, int] = {}
     for name, model in MODELS.items():
         runner = web.AppRunner(make_app("fraud", model), access_log=None)
@@ -101,58 +196,146 @@ async def run_demo(folder: Path, duration: float) -> int:
         await site.start()
         runners.append(runner)
         ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rng = random.Random(42)
+    training = [features(rng) for _ in range(5000)]
+    (folder / "baselines" / "fraud-v1.json").write_bytes(
+        orjson.dumps(build_baseline(training, SCHEMA), option=orjson.OPT_INDENT_2))
+    write_yaml(folder / "registry.yaml", registry_doc())
     config = folder / "router.yaml"
-    write_yaml(folder / "registry.yaml", demo_registry())
-    write_yaml(config, demo_config(ports, (95, 5)))
-    app = RouterApp(config)
+    write_yaml(config, router_doc(ports))
+    app = RouterApp(config, watch_interval=0.1)
     await app.start()
     base = f"http://127.0.0.1:{app.port}"
-    print(f"model servers: {ports}; router {base}; admin http://127.0.0.1:{app.admin_port}")
-    print(f"config: {config} (edit it while the demo runs: the router reloads it)")
+    say = print
+    say(f"model servers v1/v2/v3 on ports {ports['v1']}/{ports['v2']}/{ports['v3']}; router "
+        f"{base} (admin http://127.0.0.1:{app.admin_port}); config in {folder}/")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    counts: Counter = Counter()
-    users = [asyncio.ensure_future(_users(base, counts, stop, seed)) for seed in range(8)]
+    stats = Stats()
+    agreement: deque[float] = deque(maxlen=500)
+
+    def on_shadow(route: str, version: str, result: dict[str, Any] | None) -> None:
+        if result and result.get("agreement") is not None:
+            agreement.append(result["agreement"])
+
+    app.shadows.observers.append(on_shadow)
+    drift = {"amount": 1.0}
+    tasks = [asyncio.ensure_future(users(base, stats, stop, seed, drift)) for seed in range(6)]
+    async def to_50_50() -> str:
+        write_yaml(config, router_doc(ports, split=(50, 50)))
+        return "the router reloads the file by itself: watch the served shares move"
+
+    async def shift_amounts() -> str:
+        drift["amount"] = 2.5
+        return "amounts are 2.5x the training data now: the PSI of amount climbs"
+
+    async def flip() -> str:
+        write_yaml(config, router_doc(ports, split=None, active="green"))
+        return "every user now on v2 (green); flip back by editing active: blue"
+
+    steps = [(0.2, "edit router.yaml: canary 95/5 -> 50/50", to_50_50),
+             (0.4, "attempt a bad deploy: v4 was trained on avg_purchase_last_10_days",
+              lambda: bad_deploy(folder, ports)),
+             (0.55, "traffic shifts", shift_amounts),
+             (0.7, "blue/green: v1 blue, v2 green, flip to green", flip)] if story else []
     started = time.monotonic()
-    flipped = False
+    tty = sys.stdout.isatty()
+    notes: list[str] = []
     try:
         while not stop.is_set() and time.monotonic() - started < duration:
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except TimeoutError:
                 pass
-            window = dict(counts)
-            counts.clear()
-            total = sum(window.values()) or 1
-            share = Counter()
-            errors = 0
-            for (version, status), n in window.items():
-                share[version] += n
-                errors += n if status >= 500 or status == 0 else 0
+            elapsed = time.monotonic() - started
+            while steps and elapsed >= steps[0][0] * duration:
+                _, label, action = steps.pop(0)
+                note = await action()
+                notes.append(f"t={elapsed:4.0f}s {label}" + (f"\n      {note}" if note
+                                                              else ""))
+                if not tty:
+                    say(f"-> {notes[-1]}")
             weights = app.live.snapshot.routes[0].weights()
-            print(f"t={time.monotonic() - started:4.0f}s config v1/v2={weights['v1']:g}/"
-                  f"{weights['v2']:g}  served " + "  ".join(
-                      f"{v}={100 * n / total:4.1f}%" for v, n in sorted(share.items()))
-                  + f"  rps={total}  errors={errors}", flush=True)
-            if not flipped and time.monotonic() - started > duration / 2:
-                write_yaml(config, demo_config(ports, (50, 50)))
-                print("-> edited router.yaml: split 50/50 (watch the router pick it up)")
-                flipped = True
+            psi = app.drift.compute(app.live.snapshot).get("fraud/amount") \
+                if int(elapsed) % 2 == 0 else app.drift.last.get("fraud/amount")
+            rows = view_rows(stats, weights, list(agreement), psi)
+            if tty:
+                sys.stdout.write("\x1b[H\x1b[2J")
+                say(f"model-router demo  t={elapsed:4.0f}s of {duration:g}s  revision "
+                    f"{app.live.snapshot.revision}  (Ctrl-C stops)\n")
+                say("\n".join(rows))
+                say("\n" + "\n".join(notes[-4:]))
+            else:
+                say(f"t={elapsed:4.0f}s " + " | ".join(rows))
+            sys.stdout.flush()
     finally:
         stop.set()
-        await asyncio.gather(*users, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await app.stop()
         for runner in runners:
             await runner.cleanup()
+    if story:
+        finale(folder, stats)
     return 0
 
 
-def demo(folder: str = "demo", duration: float = 20.0) -> int:
-    try:
-        import uvloop
-        return uvloop.run(run_demo(Path(folder), duration))
-    except ImportError:  # pragma: no cover
-        return asyncio.run(run_demo(Path(folder), duration))
+async def bad_deploy(folder: Path, ports: dict[str, int]) -> str:
+    """Write a registry and config adding v4; the router refuses them; put the old back."""
+    registry = folder / "registry.yaml"
+    config = folder / "router.yaml"
+    old_registry, old_config = registry.read_bytes(), config.read_bytes()
+    current = yaml.safe_load(old_config)
+    route = current["routes"][0]
+    write_yaml(registry, registry_doc(with_v4=True))
+    route["versions"]["v4"] = {"url": f"http://127.0.0.1:{ports['v2']}/v2/models/fraud"}
+    write_yaml(config, current)
+    await asyncio.sleep(0.8)  # the router's own watcher picks the change up and refuses it
+    history = (folder / "state" / "history.jsonl").read_bytes().splitlines()
+    last = orjson.loads(history[-1]) if history else {}
+    registry.write_bytes(old_registry)
+    config.write_bytes(old_config)
+    if last.get("event") == "rejected":
+        gate = [e for e in last["errors"] if "requires" in e]
+        return "refused, traffic keeps flowing on the old config: " + \
+            (gate[0] if gate else last["errors"][0])
+    return "the router did not report a rejection (see demo/state/history.jsonl)"
+
+
+def finale(folder: Path, stats: Stats) -> None:
+    from .audit import LogQuery, revision_context
+    from .report import build_report, render_table
+
+    logs, state = folder / "logs", folder / "state"
+    print("\n== audit of one request: which model made this prediction? ==")
+    if stats.sample_ids:
+        rid = stats.sample_ids[0]
+        records = LogQuery(logs).by_request(rid)
+        primary = next((r for r in records if r["role"] == "primary"), None)
+        if primary:
+            ctx = revision_context(state, primary["config_revision"], primary["route"],
+                                   primary["model"], primary["version"])
+            entry = ctx["registry_entry"] or {}
+            print(f"request {rid}: {len(records)} records "
+                  f"({', '.join(r['role'] for r in records)})")
+            print(f"  served by {primary['version']} (model_version "
+                  f"{primary['served_model_version']}), reason {primary['reason']}, status "
+                  f"{primary['status']}, {primary['latency_ms']} ms")
+            print(f"  trained on {entry.get('training_data')} (schema {entry.get('schema')}), "
+                  f"config revision {primary['config_revision']}")
+    print("\n== report ==")
+    print(render_table(build_report(logs, state)))
+    print(f"""
+Try next:
+  model-router audit -c {folder}/router.yaml {stats.sample_ids[0] if stats.sample_ids else 'REQUEST_ID'}
+  model-router report -c {folder}/router.yaml --html report.html
+  model-router history -c {folder}/router.yaml
+  model-router check -c {folder}/router.yaml
+  model-router serve -c config/router.yaml""")
+
+
+def demo(folder: str = "demo", duration: float = 40.0, story: bool = True) -> int:
+    from .app import run
+    return int(run(run_demo(Path(folder), duration, story)))

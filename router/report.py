@@ -190,6 +190,14 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
             "shadow": {"compared": shadow["compared"] if shadow else 0,
                        "agreement": shadow["agreement"] if shadow else None},
             "outcomes": {}}
+    for (name, version), shadow in shadows.items():  # versions that only ran as shadows
+        entry = report["routes"].get(name)
+        if entry is not None and version not in entry["versions"]:
+            entry["versions"][version] = {
+                "requests": 0, "errors": 0, "error_rate": None,
+                "latency_ms": {"p50": None, "p95": None, "p99": None},
+                "shadow": {"compared": shadow["compared"], "agreement": shadow["agreement"]},
+                "outcomes": {}}
     for name, entry in report["routes"].items():
         control = entry["control"]
         for version, data in entry["versions"].items():
@@ -211,9 +219,10 @@ def render_table(report: dict[str, Any]) -> str:
         for version, d in entry["versions"].items():
             agree = d["shadow"]["agreement"]
             lat = d["latency_ms"]
+            ms = [f"{lat[q]:>8.2f}" if lat[q] is not None else f"{'-':>8}"
+                  for q in ("p50", "p95", "p99")]
             lines.append(f"  {version:<8} {d['requests']:>9} {d['errors']:>7} "
-                         f"{100 * (d['error_rate'] or 0):>5.2f}% {lat['p50']:>8.2f} "
-                         f"{lat['p95']:>8.2f} {lat['p99']:>8.2f} "
+                         f"{100 * (d['error_rate'] or 0):>5.2f}% {' '.join(ms)} "
                          f"{'-' if agree is None else f'{agree:.3f}':>13}")
             for outcome, o in d["outcomes"].items():
                 value = o.get("rate", o.get("mean"))
@@ -310,10 +319,10 @@ def render_html(report: dict[str, Any], log_dir: Path) -> str:
                      "<th>p99 ms</th><th>shadow agreement</th></tr>")
         for version, d in entry["versions"].items():
             agree = d["shadow"]["agreement"]
+            ms = "".join(f"<td>{d['latency_ms'][q]:.2f}</td>" if d["latency_ms"][q] is not None
+                         else "<td>-</td>" for q in ("p50", "p95", "p99"))
             parts.append(f"<tr><td>{html.escape(version)}</td><td>{d['requests']}</td>"
-                         f"<td>{d['errors']}</td><td>{d['latency_ms']['p50']:.2f}</td>"
-                         f"<td>{d['latency_ms']['p95']:.2f}</td>"
-                         f"<td>{d['latency_ms']['p99']:.2f}</td>"
+                         f"<td>{d['errors']}</td>{ms}"
                          f"<td>{'-' if agree is None else f'{agree:.3f}'}</td></tr>")
         parts.append("</table>")
         latencies: dict[str, list[float]] = defaultdict(list)
