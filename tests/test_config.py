@@ -185,3 +185,9 @@ def test_check_cli_exit_codes(tmp_path: Path) -> None:
     usage = subprocess.run([sys.executable, "-m", "router.cli", "nope"], capture_output=True,
                            text=True, cwd=ROOT)
     assert usage.returncode == 2
+
+
+@pytest.mark.parametrize("name", ["v2-servers.yaml", "json-endpoint.yaml"])
+def test_readme_example_configs_pass_check(name: str) -> None:
+    snapshot = load_snapshot(ROOT / "config" / "examples" / name, env={"FRAUD_V2_TOKEN": "t"})
+    assert snapshot.routes and not [w for w in snapshot.warnings if "no model" in w]
