@@ -2,15 +2,20 @@
 
 How the pieces fit (one module per concern):
 
-- ``config``: read router.yaml + registry.yaml (``yaml12``, ``problems``, ``registry``) and
-  compile them into a frozen ``Snapshot``; every error names file, path and reason.
+- ``config``: read router.yaml + registry.yaml (``yaml12``, ``problems``, ``registry`` with
+  the schema gate) and compile them into a frozen ``Snapshot`` (validators from
+  ``validation``); every error names file, path and reason.
 - ``routing``: the pure decision (pinned path > override > blue/green > sticky/weighted split).
-- ``proxy``: the aiohttp low-level handler, the hot path; ``upstream`` holds its header rules,
-  replica choice and error translation. Finished exchanges go to observers.
-- ``reload``: watch files, SIGHUP and the admin API; build, validate, swap one reference;
-  ``history`` records every applied or rejected config and keeps applied revisions.
-- ``app`` wires it all and owns the lifecycle; ``admin`` serves health, config and
-  ``metrics``; ``cli`` is the thin ``model-router`` command.
+- ``proxy``: the aiohttp low-level handler, the hot path; ``client`` is the lean httptools
+  upstream client, ``upstream`` holds header rules, replica choice and error translation.
+  Finished exchanges go to the prediction log (``predlog``), ``shadow`` copies, ``drift``
+  sampling, ``metrics`` and the rollout evidence.
+- ``reload``: watch files, SIGHUP and the admin API; build, validate, gate, swap one
+  reference; ``history`` records every applied or rejected config and keeps revisions;
+  ``rollout`` judges canaries and owns their weights.
+- ``app`` wires one process and owns its lifecycle (``workers`` runs N of them behind a
+  supervisor); ``admin`` serves health, config, rollouts and metrics; ``cli`` is the thin
+  ``model-router`` command over ``audit``, ``report``, ``baseline`` and ``demo``.
 """
 
 __version__ = "0.1.0"
