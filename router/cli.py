@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import load_snapshot
 from .errors import ConfigError
@@ -81,20 +82,31 @@ def _table(rows: list[dict], columns: list[str]) -> None:
                         for c in columns))
 
 
-def _audit(args: argparse.Namespace) -> int:
-    from .audit import LogQuery, parse_time, revision_context
+def _log_inputs(args: argparse.Namespace) -> tuple[Path, Path, Any, Any] | None:
+    """state_dir, log dir and the --since/--until times of a log-reading command."""
+    from .audit import parse_time
 
     state_dir, default_logs = _config_paths(args.config)
     log_dir = Path(args.log_dir) if args.log_dir else default_logs
     if not log_dir.is_dir():
         print(f"no prediction log directory {log_dir}", file=sys.stderr)
-        return 1
+        return None
     try:
-        since = parse_time(args.since) if args.since else None
-        until = parse_time(args.until) if args.until else None
+        since = parse_time(args.since) if getattr(args, "since", None) else None
+        until = parse_time(args.until) if getattr(args, "until", None) else None
     except ValueError as exc:
         print(f"bad time: {exc}", file=sys.stderr)
+        return None
+    return state_dir, log_dir, since, until
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import LogQuery, revision_context
+
+    inputs = _log_inputs(args)
+    if inputs is None:
         return 1
+    state_dir, log_dir, since, until = inputs
     query = LogQuery(log_dir)
     if args.request_id:
         records = query.by_request(args.request_id)
@@ -240,19 +252,12 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .audit import parse_time
     from .report import build_report, render_html, render_table
 
-    state_dir, default_logs = _config_paths(args.config)
-    log_dir = Path(args.log_dir) if args.log_dir else default_logs
-    if not log_dir.is_dir():
-        print(f"no prediction log directory {log_dir}", file=sys.stderr)
+    inputs = _log_inputs(args)
+    if inputs is None:
         return 1
-    try:
-        since = parse_time(args.since) if args.since else None
-    except ValueError as exc:
-        print(f"bad time: {exc}", file=sys.stderr)
-        return 1
+    state_dir, log_dir, since, _ = inputs
     report = build_report(log_dir, state_dir, route=args.route, since=since)
     if args.html:
         Path(args.html).write_text(render_html(report, log_dir))
