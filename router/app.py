@@ -27,6 +27,7 @@ from .metrics import Metrics
 from .predlog import PredictionLog, load_log_key
 from .proxy import Live, Proxy
 from .reload import Reloader, Watcher
+from .server import HttpServer
 from .rollout import Controller, LocalEvidence
 from .shadow import Shadows
 
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("model_router")
 
-MAX_HEADER_BYTES = 16 * 1024
 SHADOW_DRAIN_S = 5.0
 
 
@@ -56,6 +56,7 @@ class RouterApp:
         self.ready = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._runners: list[web.BaseRunner] = []
+        self._serving = False
         self.port = 0
         self.admin_port = 0
 
@@ -97,17 +98,10 @@ class RouterApp:
                 self._spawn(self.rollouts.run())
             self.reloader.applied(snapshot)
 
-        limits = snapshot.limits
-        server = web.Server(self.proxy.handle, access_log=None,
-                            keepalive_timeout=limits.client_timeout_s,
-                            max_field_size=MAX_HEADER_BYTES, max_line_size=MAX_HEADER_BYTES)
-        runner = web.ServerRunner(server, shutdown_timeout=limits.shutdown_grace_s)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, snapshot.listen.host, snapshot.listen.port, backlog=1024,
-                           reuse_port=self.worker)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.server = HttpServer(self.proxy.handle, lambda: self.live.snapshot.limits)
+        self.port = await self.server.start(snapshot.listen.host, snapshot.listen.port,
+                                            reuse_port=self.worker)
+        self._serving = True
         if self.worker:
             self.ready = True
             return
@@ -124,6 +118,10 @@ class RouterApp:
         log.info("serving on http://%s:%d (admin http://%s:%d), config %s",
                  snapshot.listen.host, self.port, snapshot.admin.host, self.admin_port,
                  snapshot.revision)
+
+    @property
+    def running(self) -> bool:
+        return self._serving or bool(self._runners)
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -151,8 +149,9 @@ class RouterApp:
         if limits.drain_delay_s and drain_delay:
             await asyncio.sleep(limits.drain_delay_s)
         self.proxy.draining = True
-        proxy_runner, *others = self._runners
-        await proxy_runner.cleanup()
+        if self._serving:
+            await self.server.shutdown(limits.shutdown_grace_s)
+            self._serving = False
         await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
         if self.predlog is not None:
             await self.predlog.close()
@@ -160,7 +159,7 @@ class RouterApp:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.client.close()
-        for runner in others:
+        for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
         log.info("stopped")

@@ -312,7 +312,9 @@ def load_snapshot(path: str | Path, *, source: str = "file",
     registry_warnings: list[str] = []
     if "registry" in top:
         reg_name = rp.string("registry", top["registry"])
-        if reg_name:
+        if reg_name and not (base / reg_name).is_file():
+            rp.error("registry", f"cannot read {base / reg_name}: no such file")
+        elif reg_name:
             reg_path = base / reg_name
             gp = Problems(reg_path.name)
             reg_raw, reg_tree = _read_yaml(gp, reg_path, files)

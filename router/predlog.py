@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 
@@ -116,9 +116,39 @@ def served_model_version(output: Any) -> str | None:
     return None
 
 
+class Record(Protocol):
+    """What a log entry offers the writer: an ``Entry``, or the proxy's ``Exchange``."""
+
+    ts: float
+    request_id: str
+    route: Route | None
+    role: str
+    version: str | None
+    reason: str | None
+    upstream: str | None
+    status: int
+    sticky_key: str | None
+    request_body: bytes | None
+    response_body: bytes | None
+    response_truncated: bool
+    response_total: int | None
+    fallback_from: str | None
+    compare: dict[str, Any] | None
+    error: str | None
+    violations: list[dict[str, Any]] | None
+    trace_id: str | None
+    outcome: dict[str, Any] | None
+
+    @property
+    def revision(self) -> str: ...
+
+    @property
+    def latency_ms(self) -> float: ...
+
+
 @dataclass(slots=True)
 class Entry:
-    """What the hot path hands over; the record is built from it in the writer thread."""
+    """A shadow or feedback record; the record is built from it in the writer thread."""
 
     ts: float
     request_id: str
@@ -159,7 +189,7 @@ def origin(url: str | None) -> str | None:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
-def build_record(entry: Entry, settings: PredictionLogSettings, secret: bytes,
+def build_record(entry: Record, settings: PredictionLogSettings, secret: bytes,
                  ) -> tuple[dict[str, Any], str | None]:
     """The JSON record of DESIGN.md "Prediction log"; also the served model version."""
     route = entry.route
@@ -284,7 +314,7 @@ class PredictionLog:
         self.files = LogFiles(settings, wall)
         self.sink: Sink = sink or self.files.write
         self.metrics = metrics
-        self._entries: list[Entry] = []
+        self._entries: list[Record] = []
         self._reserved = 0          # slots promised to requests in flight
         self._writing = 0           # entries of the batch being written right now
         self._room = asyncio.Event()
@@ -336,7 +366,7 @@ class PredictionLog:
         """Give back a reservation that will not be used."""
         self._reserved -= 1
 
-    def add(self, entry: Entry, reserved: bool) -> bool:
+    def add(self, entry: Record, reserved: bool) -> bool:
         """Queue a record. Without a reservation it is dropped (and counted) when full."""
         if reserved:
             self._reserved -= 1
@@ -389,7 +419,7 @@ class PredictionLog:
         if not self._room.is_set() and self.pending < self.capacity:
             self._room.set()
 
-    def _write(self, batch: list[Entry]) -> None:
+    def _write(self, batch: list[Record]) -> None:
         lines = []
         mismatches = []
         for entry in batch:

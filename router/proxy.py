@@ -1,4 +1,4 @@
-"""The hot path: one aiohttp low-level handler per request.
+"""The hot path: the handler the HTTP server calls once per request.
 
 Per request: read the live snapshot once, match the route, read the body (bounded), extract
 the routing facts, decide (routing.py, pure), forward over the pooled client with fallback,
@@ -20,18 +20,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiohttp import web
-from multidict import CIMultiDict
 
 from . import routing
-from .client import Client, Response, UpstreamError
-from .config import Limits, Route, Snapshot
+from .client import Client, UpstreamError
+from .client import Response as UpstreamResponse
+from .config import Route, Snapshot
 from .drift import DriftMonitor
 from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
                      PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamTimeout,
                      UpstreamUnavailable)
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
+from .server import Connection, Request, Response, json_response
 from .shadow import Shadows
 from .upstream import Balancer, request_headers, response_headers, translate
 
@@ -83,17 +83,34 @@ class Exchange:
     violations: list[dict[str, Any]] | None = None
     doc: Any = None                # the parsed request body, when something parsed it
 
+    # What the prediction log reads besides the fields above: an Exchange is its own entry
+    # (no copy on the hot path); it is never changed after it is handed over.
+    role = "primary"
+    compare = None
+    outcome = None
+
+    @property
+    def revision(self) -> str:
+        return self.snapshot.revision
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency_s * 1000
+
 
 Observer = Callable[[Exchange], None]
 
 
 def error_response(err: RouterError, request_id: str, route: str | None = None,
-                   ) -> web.Response:
-    headers = {"x-request-id": request_id, **err.headers}
+                   version: str | None = None) -> Response:
+    headers = [("x-request-id", request_id), *err.headers.items()]
     if route:
-        headers["x-model-route"] = route
-    return web.Response(status=err.status, body=orjson.dumps(err.body(request_id)),
-                        content_type="application/json", headers=headers)
+        headers.append(("x-model-route", route))
+    if version:
+        headers.append(("x-model-version", version))
+    close = err.headers.get("Connection") == "close" or isinstance(err, BodyTooLarge)
+    return json_response(err.status, err.body(request_id),
+                         [h for h in headers if h[0] != "Connection"], close=close)
 
 
 def trace_id(traceparent: str | None) -> str | None:
@@ -141,7 +158,7 @@ def json_field(doc: Any, key: str) -> str | None:
 
 
 class Proxy:
-    """The request handler; ``handle`` is what aiohttp's low-level server calls."""
+    """The request handler; ``handle`` is what the HTTP server calls."""
 
     def __init__(self, live: Live, client: Client, metrics: Metrics, *,
                  balancer: Balancer | None = None,
@@ -171,7 +188,8 @@ class Proxy:
     def __repr__(self) -> str:
         return f"<Proxy inflight={self.inflight} draining={self.draining}>"
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: Request, conn: Connection) -> Response | None:
+        """Answer one request: a Response, or None when the answer was streamed on ``conn``."""
         started = self._clock()
         ts = self._wall()
         snapshot = self.live.snapshot
@@ -185,12 +203,12 @@ class Proxy:
             return error_response(Overloaded("too many requests in flight"), request_id)
         self.inflight += 1
         try:
-            return await self._serve(request, snapshot, request_id, started, ts)
+            return await self._serve(request, conn, snapshot, request_id, started, ts)
         finally:
             self.inflight -= 1
 
-    async def _serve(self, request: web.BaseRequest, snapshot: Snapshot, request_id: str,
-                     started: float, ts: float) -> web.StreamResponse:
+    async def _serve(self, request: Request, conn: Connection, snapshot: Snapshot,
+                     request_id: str, started: float, ts: float) -> Response | None:
         raw_path = request.raw_path.partition("?")[0]
         if raw_path == "/-/feedback":
             return await self._feedback(request, snapshot, request_id, ts)
@@ -203,7 +221,7 @@ class Proxy:
             self.metrics.observe(UNMATCHED, None, "primary", 404, self._clock() - started)
             return error_response(NoRoute(f"no route matches {raw_path[:200]}"), request_id)
         route, rest = found
-        inference = request.body_exists
+        inference = request.has_body
         reserved = False
         if inference and self.predlog is not None and \
                 self.predlog.settings.on_full == "block":
@@ -220,7 +238,7 @@ class Proxy:
                       sticky_key=None, trace_id=trace_id(request.headers.get("traceparent")),
                       headers=request.headers, peer=request.remote)
         try:
-            response = await self._exchange(request, route, rest, ex)
+            response = await self._exchange(request, conn, route, rest, ex)
         finally:
             ex.latency_s = self._clock() - started
             if ex.status == 0:  # cancelled (shutdown grace ran out) before any answer
@@ -228,72 +246,27 @@ class Proxy:
             self._notify(ex, inference, reserved)
         return response
 
-    async def _exchange(self, request: web.BaseRequest, route: Route, rest: str,
-                        ex: Exchange) -> web.StreamResponse:
-        response: web.StreamResponse
-        snapshot = ex.snapshot
+    async def _exchange(self, request: Request, conn: Connection, route: Route, rest: str,
+                        ex: Exchange) -> Response | None:
         try:
-            ex.request_body = await self._read_body(request, snapshot.limits)
+            if request.too_large:
+                limit = ex.snapshot.limits.max_body_bytes
+                raise BodyTooLarge(f"the body is over the {limit}-byte limit")
+            ex.request_body = request.body
             doc = self._validate(route, ex) if route.validator is not None \
                 and ex.request_body else _UNPARSED
             if doc is not _UNPARSED:
                 ex.doc = doc
             decision = self._decide(request, route, rest, ex, doc)
             ex.version, ex.reason = decision.version, decision.reason
-            response = await self._forward(request, route, decision, ex)
+            return await self._forward(request, conn, route, decision, ex)
         except RouterError as err:
             if isinstance(err, BodyTooLarge):
                 self.metrics.reject(route.name, 413)
             ex.status, ex.error = err.status, err.message
-            response = error_response(err, ex.request_id, route.name)
-            if isinstance(err, BodyTooLarge):
-                response.force_close()
-            if ex.version is not None:
-                response.headers["x-model-version"] = ex.version
-        return response
+            return error_response(err, ex.request_id, route.name, ex.version)
 
     # -- steps ------------------------------------------------------------------------------
-
-    async def _read_body(self, request: web.BaseRequest, limits: Limits) -> bytes:
-        """The whole body, refused with 413 from its Content-Length before reading it."""
-        if not request.body_exists:
-            return b""
-        length = request.content_length
-        head = b""
-        if length is not None and length <= limits.max_body_bytes:
-            # Fast path: a small body usually arrived with the headers; no timer needed.
-            head = request.content.read_nowait(length)
-            if len(head) == length:
-                return head
-        try:
-            async with asyncio.timeout(limits.client_timeout_s):
-                return head + await self._read_bounded(request, limits.max_body_bytes,
-                                                       len(head))
-        except TimeoutError:
-            raise BadRequest("the request body did not arrive within client_timeout_s") \
-                from None
-        except ConnectionError:
-            raise BadRequest("the client closed the connection before the body ended") \
-                from None
-
-    async def _read_bounded(self, request: web.BaseRequest, limit: int, have: int) -> bytes:
-        """The rest of the body (``have`` bytes were read already)."""
-        length = request.content_length
-        if length is not None and length > limit:
-            raise BodyTooLarge(f"body of {length} bytes is over the {limit}-byte limit")
-        content = request.content
-        if length is not None:
-            try:
-                return await content.readexactly(length - have)
-            except asyncio.IncompleteReadError as exc:
-                raise BadRequest("the request body ended early") from exc
-        chunks, size = [], 0
-        while chunk := await content.readany():
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"body is over the {limit}-byte limit")
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     def _validate(self, route: Route, ex: Exchange) -> Any:
         """Check the body against the route's input_schema; returns the parsed body.
@@ -321,7 +294,7 @@ class Proxy:
                     details=violations)
         return doc
 
-    def _decide(self, request: web.BaseRequest, route: Route, rest: str,
+    def _decide(self, request: Request, route: Route, rest: str,
                 ex: Exchange, doc: Any) -> routing.Decision:
         override = None
         if route.override is not None:
@@ -344,8 +317,8 @@ class Proxy:
         return routing.decide(route, rest, override=override, sticky_key=key,
                               rand=self._rand())
 
-    async def _forward(self, request: web.BaseRequest, route: Route,
-                       decision: routing.Decision, ex: Exchange) -> web.StreamResponse:
+    async def _forward(self, request: Request, conn: Connection, route: Route,
+                       decision: routing.Decision, ex: Exchange) -> Response | None:
         attempts = [decision.version]
         if route.fallback is not None and route.fallback != decision.version:
             attempts.append(route.fallback)
@@ -363,7 +336,7 @@ class Proxy:
                 async with asyncio.timeout(route.timeout_s):
                     upstream = await self.client.request(
                         request.method, base, suffix, headers.items(),
-                        ex.request_body if request.body_exists else None, version.tls)
+                        ex.request_body if request.has_body else None, version.tls)
                     length = upstream.content_length
                     buffered = upstream.complete or (length is not None and length <= BUFFER_MAX)
                     body = await upstream.read() if buffered else None
@@ -381,31 +354,29 @@ class Proxy:
                 self.balancer.release(base, False, outlier)
                 ex.fallback_from, ex.reason = name, "fallback"
                 continue
-            headers_out = CIMultiDict(response_headers(upstream.headers))
-            headers_out["x-request-id"] = ex.request_id
-            headers_out["x-model-version"] = name
-            headers_out["x-model-route"] = route.name
+            headers_out = response_headers(upstream.headers)
+            headers_out += (("x-request-id", ex.request_id), ("x-model-version", name),
+                            ("x-model-route", route.name))
             ex.status = upstream.status
             if body is not None:
                 self.balancer.release(base, upstream.status < 500, outlier)
                 ex.response_body = body
-                return web.Response(status=upstream.status, body=body, headers=headers_out)
-            return await self._stream(request, upstream, headers_out, base, outlier, ex)
+                return Response(upstream.status, body, headers_out, content_length=length
+                                if request.method == "HEAD" else None)
+            await self._stream(conn, upstream, headers_out, base, outlier, ex)
+            return None
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _stream(self, request: web.BaseRequest, upstream: Response,
-                      headers: CIMultiDict[str], base: str, outlier: Any,
-                      ex: Exchange) -> web.StreamResponse:
+    async def _stream(self, conn: Connection, upstream: UpstreamResponse,
+                      headers: list[tuple[str, str]], base: str, outlier: Any,
+                      ex: Exchange) -> None:
         """Pass a chunked or large answer through as it arrives, keeping a bounded copy."""
-        response = web.StreamResponse(status=upstream.status, headers=headers)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
         cap = int(ex.snapshot.prediction_log.max_payload_kb * 1024)
         copied: list[bytes] = []
         kept = total = 0
         ok = upstream.status < 500
         try:
-            await response.prepare(request)
+            conn.start_stream(upstream.status, headers, upstream.content_length)
             while True:
                 try:
                     async with asyncio.timeout(ex.route.timeout_s):
@@ -414,10 +385,8 @@ class Proxy:
                     err = translate(exc, ex.version or "")
                     self.metrics.upstream_error(ex.route.name, ex.version or "", err.kind)
                     ex.error, ok = f"{err.message} mid-response", False
-                    # The status line is gone; closing is the only honest signal left.
-                    if request.transport is not None:
-                        request.transport.close()
-                    return response
+                    conn.abort()  # the status line is gone; cutting is the only signal left
+                    return
                 if not chunk:
                     break
                 total += len(chunk)
@@ -427,8 +396,8 @@ class Proxy:
                     kept += min(len(chunk), room)
                 if len(chunk) > room:
                     ex.response_truncated = True
-                await response.write(chunk)
-            await response.write_eof()
+                await conn.write_chunk(chunk)
+            conn.end_stream()
         except ConnectionError:
             ex.error = "client disconnected"
         finally:
@@ -436,10 +405,9 @@ class Proxy:
             self.balancer.release(base, ok, outlier)
             ex.response_body = b"".join(copied)
             ex.response_total = total
-        return response
 
-    def _v2_server_endpoint(self, snapshot: Snapshot, request: web.BaseRequest,
-                            path: str) -> web.Response | None:
+    def _v2_server_endpoint(self, snapshot: Snapshot, request: Request,
+                            path: str) -> Response | None:
         """V2 server health and metadata, answered by the router when no route claims them."""
         if request.method not in ("GET", "HEAD") or \
                 path not in ("/v2", "/v2/health/live", "/v2/health/ready"):
@@ -447,25 +415,22 @@ class Proxy:
         if not any(r.protocol == "v2" for r in snapshot.routes):
             return None
         if path == "/v2":
-            body = {"name": "model-router", "version": "0.1.0", "extensions": []}
-            return web.Response(body=orjson.dumps(body), content_type="application/json")
+            return json_response(200, {"name": "model-router", "version": "0.1.0",
+                                       "extensions": []})
         ready = path == "/v2/health/live" or not self.draining
-        return web.Response(status=200 if ready else 503,
-                            body=orjson.dumps({"live": True} if path.endswith("live")
-                                              else {"ready": ready}),
-                            content_type="application/json")
+        return json_response(200 if ready else 503,
+                             {"live": True} if path.endswith("live") else {"ready": ready})
 
-    async def _feedback(self, request: web.BaseRequest, snapshot: Snapshot, request_id: str,
-                        ts: float) -> web.Response:
+    async def _feedback(self, request: Request, snapshot: Snapshot, request_id: str,
+                        ts: float) -> Response:
         """``POST /-/feedback {"request_id", "outcome"}``: a feedback record, joined later."""
         if request.method != "POST":
             return error_response(BadRequest("feedback is POST {request_id, outcome}"),
                                   request_id)
+        if request.too_large:
+            return error_response(BodyTooLarge("the feedback body is too large"), request_id)
         try:
-            body = await self._read_body(request, snapshot.limits)
-            doc = orjson.loads(body)
-        except RouterError as err:
-            return error_response(err, request_id)
+            doc = orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
             return error_response(BadRequest(f"feedback is not JSON: {exc}"), request_id)
         if not isinstance(doc, dict) or not isinstance(doc.get("request_id"), str) \
@@ -487,9 +452,7 @@ class Proxy:
                 observer(doc["request_id"], doc["outcome"])
             except Exception:  # noqa: BLE001
                 log.exception("feedback observer %r failed", observer)
-        return web.Response(status=202, body=orjson.dumps({"request_id": doc["request_id"],
-                                                          "accepted": True}),
-                            content_type="application/json")
+        return json_response(202, {"request_id": doc["request_id"], "accepted": True})
 
     def _notify(self, ex: Exchange, inference: bool, reserved: bool) -> None:
         """Record a finished exchange: metrics, prediction log, shadows, observers.
@@ -500,16 +463,7 @@ class Proxy:
         self.metrics.observe(ex.route.name, ex.version, "primary", ex.status, ex.latency_s)
         if self.predlog is not None and inference:
             try:
-                self.predlog.add(Entry(
-                    ts=ex.ts, request_id=ex.request_id, route=ex.route,
-                    revision=ex.snapshot.revision, role="primary", version=ex.version,
-                    reason=ex.reason, upstream=ex.upstream, status=ex.status,
-                    latency_ms=ex.latency_s * 1000, sticky_key=ex.sticky_key,
-                    request_body=ex.request_body, response_body=ex.response_body,
-                    response_truncated=ex.response_truncated,
-                    response_total=ex.response_total, fallback_from=ex.fallback_from,
-                    error=ex.error, trace_id=ex.trace_id, violations=ex.violations),
-                    reserved)
+                self.predlog.add(ex, reserved)
             except Exception:  # noqa: BLE001
                 self.observer_errors += 1
                 log.exception("prediction log entry failed for %s", ex.request_id)

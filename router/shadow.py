@@ -157,7 +157,7 @@ class Shadows:
         base = self.balancer.acquire(version)
         status, body, error, reason = 0, None, None, None
         try:
-            headers = request_headers(ex.headers, version, ex.request_id, ex.peer)
+            headers = request_headers(ex.headers.items(), version, ex.request_id, ex.peer)
             headers["x-shadow"] = "true"
             async with asyncio.timeout(shadow.timeout_s):
                 resp = await self.client.request(ex.method, base, ex.suffix, headers.items(),

@@ -7,7 +7,7 @@ call per request and easy to test with a fake clock.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 
 from .client import ConnectFailed, ConnectionReset
 from .config import Outlier, Version
@@ -20,13 +20,12 @@ HOP_BY_HOP = frozenset({
 # Never copied from the client: recomputed by the client library or set by the router.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length", "expect", "x-forwarded-for"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "x-request-id", "x-model-version",
-                               "x-model-route", "server", "date"}
+                               "x-model-route"}
 
 
-def request_headers(incoming: Mapping[str, str] | Iterable[tuple[str, str]], version: Version,
+def request_headers(items: Iterable[tuple[str, str]], version: Version,
                     request_id: str, peer: str | None) -> dict[str, str]:
     """The headers sent upstream: the client's minus hop-by-hop, plus the router's own."""
-    items = incoming.items() if isinstance(incoming, Mapping) else incoming
     drop = _REQUEST_DROP
     out: dict[str, str] = {}
     forwarded_for = None

@@ -126,7 +126,7 @@ async def start_router() -> AsyncIterator[StartRouter]:
 
     yield start
     for app in apps:
-        if app._runners:
+        if app.running:
             await app.stop()
 
 

@@ -31,15 +31,17 @@ def test_demo_story(tmp_path: Path) -> None:
 
 
 def test_demo_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    errors = open(tmp_path / "stderr.txt", "w")  # a file: an unread pipe could fill and block
     proc = subprocess.Popen([sys.executable, "-m", "router.cli", "--log-level", "ERROR", "demo",
                              "--dir", str(tmp_path / "demo"), "--no-story", "--duration", "60"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=errors, text=True, cwd=ROOT)
     first = proc.stdout.readline()
     ports = [int(p) for p in re.findall(r"ports (\d+)/(\d+)/(\d+)", first)[0]]
     for _ in range(2):  # two one-second status lines: traffic flowed, records were written
         assert proc.stdout.readline().startswith("t=")
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 0
+    assert proc.wait(30) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    errors.close()
     for port in ports:  # the model servers are gone
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0

@@ -1,0 +1,475 @@
+"""The router's HTTP/1.1 front end: asyncio protocols with httptools (llhttp) parsing.
+
+A general-purpose web framework spends most of a proxy's budget on request objects, stream
+readers and response preparation the router does not need. This server does exactly what the
+hot path needs, and the protections a public-facing proxy needs:
+
+- one request at a time per connection, pipelined requests answered in order;
+- the whole body read before the handler runs, bounded by ``max_body_mb``: a larger
+  Content-Length (or a chunked body growing past it) is handed to the handler at once as
+  ``too_large`` (it answers 413 with a record) and the connection closes without reading on;
+- ``client_timeout_s`` bounds idle keep-alive connections, slow headers (slowloris) and slow
+  bodies; header and URL size are bounded (431/414); llhttp rejects malformed requests and
+  Content-Length/Transfer-Encoding conflicts (400) before anything is forwarded;
+- ``Expect: 100-continue`` answered; HEAD, 204 and 304 answered without a body;
+- graceful shutdown: stop accepting, let busy connections finish (then close), close idle
+  ones, abort what is left after the grace period.
+
+Header values are decoded as UTF-8 with surrogate escapes, so any byte sequence round-trips
+exactly when forwarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import http
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from email.utils import formatdate
+from http.cookies import SimpleCookie
+from typing import Any
+
+import httptools
+import orjson
+
+log = logging.getLogger("model_router.server")
+
+MAX_HEADER_BYTES = 16 * 1024
+MAX_URL_BYTES = 16 * 1024
+MAX_PIPELINE = 16          # parsed requests waiting per connection before reading pauses
+_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+_BODYLESS = (204, 304)
+
+
+def _date() -> str:
+    return formatdate(usegmt=True)
+
+
+class _DateCache:
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = ""
+
+    def get(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.value = now, _date()
+        return self.value
+
+
+_DATE = _DateCache()
+
+
+class Headers:
+    """Request headers: the raw pairs in order, and a case-insensitive lookup."""
+
+    __slots__ = ("raw", "_map")
+
+    def __init__(self, raw: list[tuple[str, str]]) -> None:
+        self.raw = raw
+        lookup: dict[str, str] = {}
+        for name, value in raw:
+            key = name.lower()
+            if key in lookup:
+                lookup[key] = f"{lookup[key]}{'; ' if key == 'cookie' else ', '}{value}"
+            else:
+                lookup[key] = value
+        self._map = lookup
+
+    def __repr__(self) -> str:
+        return f"<Headers {len(self.raw)}>"
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._map.get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return self._map[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._map
+
+    def items(self) -> list[tuple[str, str]]:
+        return self.raw
+
+
+class Request:
+    """One complete request as the handler sees it."""
+
+    __slots__ = ("method", "raw_path", "headers", "body", "remote", "too_large", "has_body",
+                 "content_length", "keep_alive", "_cookies")
+
+    def __init__(self, method: str, raw_path: str, headers: Headers, body: bytes,
+                 remote: str | None, too_large: bool, has_body: bool,
+                 content_length: int | None, keep_alive: bool = True) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.headers = headers
+        self.body = body
+        self.remote = remote
+        self.too_large = too_large
+        self.has_body = has_body
+        self.content_length = content_length
+        self.keep_alive = keep_alive
+        self._cookies: dict[str, str] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.raw_path[:80]}>"
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        if self._cookies is None:
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(self.headers.get("cookie") or "")
+            except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookies
+                pass
+            self._cookies = {k: m.value for k, m in jar.items()}
+        return self._cookies
+
+
+class Response:
+    """A complete answer. ``content_length`` overrides len(body) (answers to HEAD)."""
+
+    __slots__ = ("status", "headers", "body", "close", "content_length")
+
+    def __init__(self, status: int, body: bytes = b"",
+                 headers: Iterable[tuple[str, str]] = (), *, close: bool = False,
+                 content_length: int | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = list(headers)
+        self.close = close
+        self.content_length = content_length
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes>"
+
+
+def json_response(status: int, data: Any, headers: Iterable[tuple[str, str]] = (),
+                  close: bool = False) -> Response:
+    return Response(status, orjson.dumps(data),
+                    [("content-type", "application/json"), *headers], close=close)
+
+
+Handler = Callable[[Request, "Connection"], Awaitable["Response | None"]]
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parse, queue, hand to the handler in order, write answers."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer: str | None = None
+        self.queue: collections.deque[Request] = collections.deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.closing = False
+        self.busy = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_ready: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self._ignore_input = False
+        self._reset()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer} busy={self.busy} queued={len(self.queue)}>"
+
+    def _reset(self) -> None:
+        self._url: list[bytes] = []
+        self._url_size = 0
+        self._headers: list[tuple[str, str]] = []
+        self._header_size = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._too_large = False
+        self._chunked = False
+        self._content_length: int | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.server.connections.add(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        self.closing = True
+        self._disarm()
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_ready = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+        self._write_ready = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._ignore_input:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, "protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            self._refuse(400, f"invalid HTTP request: {exc}")
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        """Waiting on the client (idle, or mid-request): bounded by client_timeout_s."""
+        self._disarm()
+        self._timer = self.loop.call_later(self.server.limits().client_timeout_s, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self.busy and self.transport is not None:
+            self.transport.close()
+
+    # -- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        if not self.busy:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        if self._ignore_input:
+            return
+        self._url_size += len(url)
+        if self._url_size > MAX_URL_BYTES:
+            self._refuse(414, "the request URL is too long")
+            return
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._ignore_input:
+            return
+        self._header_size += len(name) + len(value)
+        if self._header_size > MAX_HEADER_BYTES:
+            self._refuse(431, "the request headers are too large")
+            return
+        self._headers.append((name.decode("latin-1"),
+                              value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        if self._ignore_input:
+            return
+        limit = self.server.limits().max_body_bytes
+        for name, value in self._headers:
+            lname = name.lower()
+            if lname == "content-length":
+                try:
+                    self._content_length = int(value)
+                except ValueError:
+                    self._content_length = None
+            elif lname == "transfer-encoding" and "chunked" in value.lower():
+                self._chunked = True
+            elif lname == "expect" and value.lower() == "100-continue":
+                length = self._content_length
+                if (length is None or length <= limit) and self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self._content_length is not None and self._content_length > limit:
+            self._too_large = True
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._ignore_input:
+            return
+        self._body_size += len(body)
+        if self._body_size > self.server.limits().max_body_bytes:
+            self._too_large = True
+            self._body.clear()
+            self._complete()
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self._ignore_input:
+            self._complete()
+        # after a refusal the parser may still finish this message: nothing more to do
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        """A request is ready (or refused as too large): queue it for the worker."""
+        method = self.parser.get_method().decode("ascii", "replace")
+        raw_path = b"".join(self._url).decode("utf-8", "surrogateescape")
+        body = b"" if self._too_large else b"".join(self._body)
+        has_body = bool(body) or self._too_large or self._chunked or \
+            bool(self._content_length)
+        keep_alive = self.parser.should_keep_alive() and not self._too_large
+        request = Request(method, raw_path, Headers(self._headers), body, self.peer,
+                          self._too_large, has_body, self._content_length, keep_alive)
+        if not keep_alive:  # too large (never read the rest: 413, then close), or closing
+            self._ignore_input = True
+        self.queue.append(request)
+        if len(self.queue) > MAX_PIPELINE and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused_reading = True
+        self._disarm()
+        if self.worker is None:
+            self.worker = self.loop.create_task(self._work())
+        self._reset()
+
+    async def _work(self) -> None:
+        try:
+            while self.queue:
+                request = self.queue.popleft()
+                keep_alive = request.keep_alive
+                if self._paused_reading and len(self.queue) <= MAX_PIPELINE // 2 \
+                        and self.transport is not None:
+                    self.transport.resume_reading()
+                    self._paused_reading = False
+                self.busy = True
+                try:
+                    response = await self.server.handler(request, self)
+                except Exception:  # noqa: BLE001 - a request never kills the router
+                    log.exception("unhandled error answering %r", request)
+                    response = json_response(500, {"error": "internal router error",
+                                                   "code": "internal"}, close=True)
+                finally:
+                    self.busy = False
+                if response is not None:
+                    self.send(response, request.method == "HEAD",
+                              close=not keep_alive or response.close or self.closing)
+                if not keep_alive or self.closing or (response is not None and response.close):
+                    self.close()
+                    return
+            if not self.closing:
+                self._arm()
+        finally:
+            self.worker = None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _head(self, status: int, headers: list[tuple[str, str]], length: int | None,
+              close: bool) -> bytes:
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
+        has_date = False
+        for name, value in headers:
+            if name.lower() == "date":
+                has_date = True
+            lines.append(f"{name}: {value}\r\n")
+        if not has_date:
+            lines.append(f"date: {_DATE.get()}\r\n")
+        if status not in _BODYLESS and not (100 <= status < 200):
+            lines.append(f"content-length: {length}\r\n" if length is not None
+                         else "transfer-encoding: chunked\r\n")
+        if close:
+            lines.append("connection: close\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("utf-8", "surrogateescape")
+
+    def send(self, response: Response, head_only: bool = False, close: bool = False) -> None:
+        """Write a complete answer."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        body = response.body if response.status not in _BODYLESS else b""
+        length = response.content_length if response.content_length is not None \
+            else len(body)
+        data = self._head(response.status, response.headers, length, close)
+        transport.write(data if head_only or not body else data + body)
+
+    def start_stream(self, status: int, headers: list[tuple[str, str]],
+                     content_length: int | None = None) -> None:
+        """Begin an answer whose body follows in ``write_chunk`` calls (chunked if no length)."""
+        self._stream_chunked = content_length is None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self._head(status, headers, content_length, self.closing))
+
+    async def write_chunk(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        if self._stream_chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        if self._write_ready is not None:
+            await self._write_ready
+
+    def end_stream(self) -> None:
+        if self._stream_chunked and self.transport is not None and \
+                not self.transport.is_closing():
+            self.transport.write(b"0\r\n\r\n")
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request the parser refused, and close: nothing was forwarded."""
+        self._ignore_input = True
+        if self.transport is None or self.transport.is_closing():
+            return
+        if not self.busy and not self.queue:
+            self.send(json_response(status, {"error": message, "code": "bad_request"}),
+                      close=True)
+        self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Cut the connection (a broken upstream stream: the status line is gone)."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """Close now if idle; otherwise close after the answer in progress."""
+        self.closing = True
+        self._ignore_input = True
+        if not self.busy and not self.queue:
+            self.close()
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, limits: Callable[[], Any]) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.loop = asyncio.get_event_loop()
+        self.connections: set[Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    def __repr__(self) -> str:
+        return f"<HttpServer connections={len(self.connections)}>"
+
+    async def start(self, host: str, port: int, *, reuse_port: bool = False,
+                    backlog: int = 1024) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), host, port, reuse_port=reuse_port or None,
+            backlog=backlog)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop accepting; finish answers in progress within ``grace``; close the rest."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + grace
+        while any(c.busy or c.queue for c in self.connections) and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
