@@ -447,6 +447,7 @@ def main() -> int:
                         help="seconds-long correctness run: zero errors, record counts")
     parser.add_argument("--rss", type=int, default=0, help="requests for the RSS scenario")
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--only", help="comma-separated throughput scenarios to run")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.duration = 1, 1.0
@@ -463,6 +464,8 @@ def main() -> int:
                 names += ["nginx_split", "nginx_mirror"]
             else:
                 print("nginx not installed: nginx scenarios skipped (apt-get install nginx)")
+        if args.only:
+            names = [n for n in args.only.split(",") if n]
         print("throughput (50 connections, 311-byte POST, split 95/5 + sticky):")
         tp = bench.throughput(names)
         report["throughput"] = {n: {"rps": r.rps, "median_rps": r.median(),

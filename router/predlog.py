@@ -83,9 +83,18 @@ def redact(doc: Any, names: frozenset[str], protocol: str) -> Any:
     return doc
 
 
+def _embeddable(data: bytes) -> bool:
+    """Known-valid JSON that can go into a JSONL line as it is (no raw line breaks)."""
+    return b"\n" not in data and b"\r" not in data
+
+
 def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,
-            truncated: bool = False, total: int | None = None) -> Any:
-    """A request or response body as stored, per ``payloads`` and ``max_payload_kb``."""
+            truncated: bool = False, total: int | None = None, parsed: Any = None) -> Any:
+    """A request or response body as stored, per ``payloads`` and ``max_payload_kb``.
+
+    ``parsed`` is the body already parsed (validation did it): without redaction it is
+    embedded as the original bytes (orjson.Fragment), saving a parse and a serialization.
+    """
     if data is None or settings.payloads == "none":
         return None
     size = total if total is not None else len(data)
@@ -96,6 +105,8 @@ def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,
         return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}
     if not data:
         return None
+    if parsed is not None and not settings.redact and _embeddable(data):
+        return orjson.Fragment(data)
     if protocol != "raw":
         try:
             return redact(orjson.loads(data), settings.redact, protocol)
@@ -194,16 +205,15 @@ def build_record(entry: Record, settings: PredictionLogSettings, secret: bytes,
     """The JSON record of DESIGN.md "Prediction log"; also the served model version."""
     route = entry.route
     protocol = route.protocol if route else "json"
-    output = payload(entry.response_body, settings, protocol, entry.response_truncated,
-                     entry.response_total)
-    served = None
-    if settings.payloads == "full" and isinstance(output, dict) and "_truncated" not in output:
-        served = served_model_version(output)
-    elif protocol == "v2" and entry.response_body and not entry.response_truncated:
-        try:  # the served version is recorded whatever the payload policy
-            served = served_model_version(orjson.loads(entry.response_body))
+    answer = None
+    if protocol != "raw" and entry.response_body and not entry.response_truncated:
+        try:  # parsed once: the served version is recorded whatever the payload policy
+            answer = orjson.loads(entry.response_body)
         except orjson.JSONDecodeError:
-            served = None
+            answer = None
+    output = payload(entry.response_body, settings, protocol, entry.response_truncated,
+                     entry.response_total, parsed=answer)
+    served = served_model_version(answer) if protocol == "v2" else None
     record = {
         "ts": iso(entry.ts), "request_id": entry.request_id,
         "route": route.name if route else None, "model": route.model if route else None,
@@ -212,7 +222,8 @@ def build_record(entry: Record, settings: PredictionLogSettings, secret: bytes,
         "latency_ms": round(entry.latency_ms, 3), "config_revision": entry.revision,
         "schema": route.input_schema if route else None,
         "sticky_key": keyed_hash(secret, entry.sticky_key) if entry.sticky_key else None,
-        "input": payload(entry.request_body, settings, protocol),
+        "input": payload(entry.request_body, settings, protocol,
+                         parsed=getattr(entry, "doc", None)),
         "output": output, "violations": _redacted(entry.violations, settings.redact),
         "served_model_version": served, "fallback_from": entry.fallback_from,
         "compare": entry.compare, "error": entry.error, "trace_id": entry.trace_id,
