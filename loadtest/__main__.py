@@ -417,17 +417,20 @@ class Bench:
             asyncio.run(_closed_loop(proc.port, 2, 16))
             before = rss_mb(proc.pid)
             sent = 0
+            samples = []
             while sent < requests:
                 if self.use_wrk:
                     _, total, _ = wrk(proc.port, 10, 50, self.script)
                 else:
                     _, total, _ = asyncio.run(_closed_loop(proc.port, 10, 16))
                 sent += total
+                samples.append((sent, rss_mb(proc.pid)))
             after = rss_mb(proc.pid)
+            print("  RSS samples: " + ", ".join(f"{n // 1000}k {m:.1f}" for n, m in samples))
         finally:
             proc.stop()
         print(f"  RSS {before:.1f} MB -> {after:.1f} MB after {sent} requests", flush=True)
-        return {"before_mb": before, "after_mb": after, "requests": sent}
+        return {"before_mb": before, "after_mb": after, "requests": sent, "samples": samples}
 
     def close(self) -> None:
         for u in self.ups:
@@ -451,6 +454,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.duration = 1, 1.0
+    if TWO_CPUS:  # this process generates the fixed-rate load: keep it off the proxy's CPU
+        os.sched_setaffinity(0, {1})
     bench = Bench(args)
     report: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "pinned": TWO_CPUS,
                                           "python": sys.version.split()[0],
