@@ -333,7 +333,7 @@ Try next:
   model-router report -c {folder}/router.yaml --html report.html
   model-router history -c {folder}/router.yaml
   model-router check -c {folder}/router.yaml
-  model-router serve -c config/router.yaml""")
+  model-router check -c config/router.yaml   # then point its versions at your model servers""")
 
 
 def demo(folder: str = "demo", duration: float = 40.0, story: bool = True) -> int:
