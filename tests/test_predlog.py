@@ -66,7 +66,7 @@ async def test_primary_record_fields(tmp_path: Path, upstreams, start_router, cl
 async def test_every_outcome_is_logged(tmp_path: Path, upstreams, start_router,
                                        client) -> None:
     async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the fault: an upstream that hangs past timeout_s
         return web.Response()
 
     slow = web.Application()

@@ -168,7 +168,7 @@ async def test_sse_streams_before_upstream_finishes(tmp_path: Path, upstreams, s
 async def test_timeout_is_504_and_connect_error_502(tmp_path: Path, upstreams, start_router,
                                                     client) -> None:
     async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the fault: an upstream that hangs past timeout_s
         return web.Response()
 
     slow = web.Application()
@@ -197,7 +197,7 @@ async def test_fallback_on_connect_error_and_503_not_on_timeout(tmp_path: Path, 
         return web.Response(status=503, text="busy")
 
     async def hang(request: web.Request) -> web.Response:
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the fault: an upstream that hangs past timeout_s
         return web.Response()
 
     busy = web.Application()
