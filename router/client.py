@@ -168,7 +168,9 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.response is not None:
-            self.response.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+            # the same decoding as the server's, so every byte of a header round-trips
+            self.response.headers.append((name.decode("latin-1"),
+                                          value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
         response = self.response

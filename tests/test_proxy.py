@@ -325,3 +325,20 @@ async def test_draining_answers_503_with_close(tmp_path: Path, upstreams, start_
         assert resp.status == 503
         assert resp.headers["Connection"] == "close"
         assert (await resp.json())["code"] == "draining"
+
+
+async def test_header_bytes_round_trip_both_ways(tmp_path: Path, upstreams, start_router) -> None:
+    async def odd(request: web.Request) -> web.Response:
+        await request.read()
+        resp = web.Response(text="ok")
+        resp.headers["x-bytes"] = "caf\u00e9 \u65e5\u672c"  # sent as UTF-8 by aiohttp
+        return resp
+
+    up = web.Application()
+    up.router.add_route("*", "/{tail:.*}", odd)
+    app = await start_router(write_config(tmp_path, [route({"v1": await upstreams.start(up)})]))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    writer.write(b"GET /v2/models/fraud/x HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert "x-bytes: caf\u00e9 \u65e5\u672c".encode() in data
