@@ -77,7 +77,8 @@ HOSTILE = [
      b"400"),
     ("body_too_large", request("/raw/x", b"a" * 20_000), b"413"),
     ("header_too_large", b"GET /raw/x HTTP/1.1\r\nHost: r\r\nX-Big: " + b"a" * 70_000
-     + b"\r\n\r\n", b"4"),
+     + b"\r\n\r\n", b"431"),
+    ("url_too_long", b"GET /raw/" + b"a" * 17_000 + b" HTTP/1.1\r\nHost: r\r\n\r\n", b"414"),
     ("bare_cr_in_header", b"GET /raw/x HTTP/1.1\r\nHost: r\r\nX-Evil: a\rInjected: 1\r\n\r\n",
      b"400"),
     ("cl_te_conflict", b"POST /raw/x HTTP/1.1\r\nHost: r\r\nContent-Length: 5\r\n"
