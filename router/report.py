@@ -26,10 +26,12 @@ from .history import iso
 
 # -- statistics (SciPy underneath) -------------------------------------------------------------
 
-def wilson(successes: int, n: int) -> tuple[float, float] | None:
+def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (SciPy); None without observations."""
     if n == 0:
         return None
-    ci = stats.binomtest(successes, n).proportion_ci(confidence_level=0.95, method="wilson")
+    ci = stats.binomtest(int(round(successes)), n).proportion_ci(
+        confidence_level=confidence, method="wilson")
     return (float(ci.low), float(ci.high))
 
 

@@ -40,6 +40,7 @@ from scipy import stats
 
 from .config import Rollout, Route, Snapshot
 from .history import History, iso
+from .report import wilson
 
 log = logging.getLogger("model_router.rollout")
 
@@ -81,6 +82,9 @@ class Arm:
 
 
 class Evidence(Protocol):
+    def watch(self, route: Route) -> None:
+        """Start (or keep) collecting for a rollout route's baseline and canary."""
+
     def arms(self, route: str) -> tuple[Arm, Arm]:
         """(baseline, canary) evidence of the current step."""
 
@@ -165,9 +169,10 @@ class LocalEvidence:
 # -- statistics (pure) ---------------------------------------------------------------------------
 
 def _wilson(k: float, n: int, alpha: float) -> tuple[float, float]:
-    ci = stats.binomtest(int(round(k)), n).proportion_ci(confidence_level=1 - 2 * alpha,
-                                                        method="wilson")
-    return float(ci.low), float(ci.high)
+    """Two-sided (1 - 2 alpha) Wilson interval: each bound is a one-sided alpha test."""
+    bounds = wilson(k, n, 1 - 2 * alpha)
+    assert bounds is not None  # callers check n > 0
+    return bounds
 
 
 def check_error_rate(base: Arm, canary: Arm, max_increase: float, alpha: float,
@@ -315,8 +320,7 @@ class Controller:
                 self.evidence.reset(route.name)
                 self._save()
                 self._event("rollout_step", route, state, {"started": True})
-            if isinstance(self.evidence, LocalEvidence):
-                self.evidence.watch(route)
+            self.evidence.watch(route)
             split, bounds = route.rollout.split(state.weight)
             routes.append(dataclasses.replace(route, split=split, bounds=bounds))
             self.metrics.rollout_step.labels(route.name).set(state.weight)
