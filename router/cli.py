@@ -56,13 +56,19 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(args.config, args.workers)
 
 
-def _config_paths(config: str) -> tuple[Path, Path]:
-    """state_dir and prediction_log.dir named by a router.yaml, read without compiling it."""
+def _raw_config(config: str) -> dict[str, Any]:
+    """A router.yaml as plain YAML (no validation, no env): what the offline commands need."""
     from . import yaml12
 
     path = Path(config)
     doc = yaml12.loads(path.read_bytes()) if path.exists() else {}
-    doc = doc if isinstance(doc, dict) else {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _config_paths(config: str) -> tuple[Path, Path]:
+    """state_dir and prediction_log.dir named by a router.yaml, read without compiling it."""
+    path = Path(config)
+    doc = _raw_config(config)
     state = path.parent / str(doc.get("state_dir", "state"))
     predlog = doc.get("prediction_log") if isinstance(doc.get("prediction_log"), dict) else {}
     logs = path.parent / str(predlog.get("dir", "logs"))
@@ -193,8 +199,7 @@ def _registry_of(config: str) -> tuple[object, list[str]]:
     from .registry import parse_registry
 
     path = Path(config)
-    doc = yaml12.loads(path.read_bytes()) if path.exists() else {}
-    name = (doc or {}).get("registry", "registry.yaml")
+    name = _raw_config(config).get("registry", "registry.yaml")
     reg_path = path.parent / str(name)
     problems = Problems(reg_path.name)
     if not reg_path.exists():
@@ -304,11 +309,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from . import yaml12
-
-    path = Path(args.config)
-    doc = (yaml12.loads(path.read_bytes()) if path.exists() else {}) or {}
-    admin = doc.get("admin") or {}
+    admin = _raw_config(args.config).get("admin") or {}
     base = args.admin or f"http://{admin.get('host', '127.0.0.1')}:{admin.get('port', 9090)}"
     headers = {}
     token_env = admin.get("token_env")

@@ -27,8 +27,7 @@ from .client import Response as UpstreamResponse
 from .config import Route, Snapshot
 from .drift import DriftMonitor
 from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
-                     PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamTimeout,
-                     UpstreamUnavailable)
+                     PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamUnavailable)
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
 from .server import Connection, Request, Response, json_response
@@ -493,5 +492,3 @@ class Proxy:
                 self.observer_errors += 1
                 log.exception("observer %r failed for request %s", observer, ex.request_id)
 
-
-__all__ = ["BUFFER_MAX", "Exchange", "Live", "Proxy", "UpstreamTimeout", "error_response"]
