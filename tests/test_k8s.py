@@ -53,9 +53,9 @@ def test_manifests_are_consistent_with_the_router(tmp_path: Path) -> None:
         get = container[probe]["httpGet"]
         assert get["path"] in paths and ports[get["port"]] == snapshot.admin.port
     assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
-    for annotations in (pod["metadata"]["annotations"], docs["Service"]["metadata"]["annotations"]):
-        assert annotations["prometheus.io/path"] in paths
-        assert int(annotations["prometheus.io/port"]) == snapshot.admin.port
+    for scrape in (pod["metadata"]["annotations"], docs["Service"]["metadata"]["annotations"]):
+        assert scrape["prometheus.io/path"] in paths
+        assert int(scrape["prometheus.io/port"]) == snapshot.admin.port
 
     # termination leaves time to drain: drain_delay_s + shutdown_grace_s
     limits = snapshot.limits

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -276,7 +275,7 @@ async def test_sigterm_loses_no_record(tmp_path: Path, upstreams, client) -> Non
     try:
         await wait_ready(served, client)
         answered = {}
-        for i in range(200):
+        for _ in range(200):
             async with client.post(served.url("/v2/models/fraud/infer"), data=b"{}") as resp:
                 assert resp.status == 200
                 answered[resp.headers["x-request-id"]] = resp.headers["x-model-version"]

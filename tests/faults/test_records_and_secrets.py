@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from aiohttp import web
 from conftest import admin_url, free_port, url, write_config
 from router.audit import iter_records, torn_files
 from test_lifecycle import Served, start_serve, wait_ready
-from test_proxy import echo_versions, route
+from test_proxy import route
 from test_shadow import scorer
 
 ROOT = Path(__file__).resolve().parents[2]
