@@ -28,8 +28,8 @@ from .metrics import Metrics
 from .predlog import PredictionLog, load_log_key
 from .proxy import Live, Proxy
 from .reload import Reloader, Watcher
-from .server import HttpServer
 from .rollout import Controller, LocalEvidence
+from .server import HttpServer
 from .shadow import Shadows
 
 if TYPE_CHECKING:

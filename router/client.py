@@ -5,8 +5,10 @@ much the router does not need (cookies, redirects, decompression, multipart). Th
 exactly: keep-alive pools per origin, one request at a time per connection, Content-Length
 and chunked answers, 1xx skipped, ``Connection: close`` honoured, streaming bodies, TLS
 (system CAs or a per-version context). Errors come out as one of three ``UpstreamError``
-kinds (connect | reset | protocol) for the proxy to translate; timeouts are the caller's
-``asyncio.timeout`` and a cancelled request closes its connection.
+kinds (connect | reset | protocol) or ``ResponseTimeout`` for the proxy to translate. A
+request's ``timeout`` bounds connect + headers + a body read whole with ``read``; while a body
+is streamed with ``next_chunk`` it bounds each wait for the next chunk. A timed-out or
+cancelled request closes its connection.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 import httptools
+
+from .timers import Deadline, Deadlines
 
 IDLE_S = 30.0            # idle connections older than this are closed, not reused
 MAX_IDLE = 256           # idle connections kept per origin
@@ -38,6 +42,10 @@ class ConnectionReset(UpstreamError):
 
 class BadResponse(UpstreamError):
     kind = "protocol"
+
+
+class ResponseTimeout(UpstreamError, TimeoutError):
+    kind = "timeout"
 
 
 class Response:
@@ -90,8 +98,14 @@ class Response:
         self.release()
         return body
 
-    async def next_chunk(self) -> bytes:
-        """The next body chunk as it arrives, b"" at the end; UpstreamError if cut off."""
+    async def next_chunk(self, timeout: float | None = None) -> bytes:
+        """The next body chunk as it arrives, b"" at the end; UpstreamError if cut off.
+
+        Streaming replaces the request's overall deadline by ``timeout`` per wait.
+        """
+        conn = self._conn
+        if conn is not None:
+            conn.disarm()
         while True:
             if self._chunks:
                 return self._chunks.popleft()
@@ -99,7 +113,14 @@ class Response:
                 return b""
             if self._error is not None:
                 raise self._error
-            await self._wait()
+            if conn is None or timeout is None:
+                await self._wait()
+                continue
+            conn.arm(conn.pool.deadlines.after(timeout, conn.timed_out))
+            try:
+                await self._wait()
+            finally:
+                conn.disarm()
 
     def release(self) -> None:
         """Give the connection back (or close it, if the answer is not finished)."""
@@ -125,6 +146,7 @@ class _Connection(asyncio.Protocol):
         self.head = False
         self.idle_since = 0.0
         self.received = False
+        self.deadline: Deadline | None = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.pool.origin} closed={self.closed}>"
@@ -145,6 +167,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.disarm()
         response = self.response
         if response is not None and not response._done:
             if response.status and response.content_length is None and \
@@ -205,12 +228,27 @@ class _Connection(asyncio.Protocol):
         response = self.response
         if response is None or not response.status:
             return  # the end of a 1xx
+        self.disarm()
         response._done = True
         response._wake()
 
     # -- request lifecycle -------------------------------------------------------------------
 
+    def arm(self, deadline: Deadline) -> None:
+        self.disarm()
+        self.deadline = deadline
+
+    def disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def timed_out(self) -> None:
+        self.deadline = None
+        self._fail(ResponseTimeout(f"{self.pool.origin} did not answer in time"))
+
     def _fail(self, error: BaseException) -> None:
+        self.disarm()
         self.keep_alive = False
         ready = self.headers_ready
         if ready is not None and not ready.done():
@@ -222,11 +260,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def send(self, data: bytes, head: bool) -> Response:
+    async def send(self, data: bytes, head: bool, deadline: float | None) -> Response:
         response = self.response = Response(self)
         self.head = head
         self.received = False
         self.headers_ready = asyncio.get_running_loop().create_future()
+        if deadline is not None:
+            self.arm(self.pool.deadlines.at(deadline, self.timed_out))
         assert self.transport is not None
         self.transport.write(data)
         try:
@@ -239,6 +279,7 @@ class _Connection(asyncio.Protocol):
         return response
 
     def finished(self, reusable: bool) -> None:
+        self.disarm()
         self.response = None
         if reusable and self.keep_alive and not self.closed:
             self.pool.put(self)
@@ -246,6 +287,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def abort(self) -> None:
+        self.disarm()
         self.keep_alive = False
         self.closed = True
         if self.transport is not None:
@@ -255,8 +297,10 @@ class _Connection(asyncio.Protocol):
 class Pool:
     """Idle connections to one origin (scheme, host, port, TLS context)."""
 
-    def __init__(self, scheme: str, host: str, port: int, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, scheme: str, host: str, port: int, tls: ssl.SSLContext | None,
+                 deadlines: Deadlines) -> None:
         self.origin = f"{scheme}://{host}:{port}"
+        self.deadlines = deadlines
         self.host, self.port = host, port
         self.tls = tls if scheme == "https" else None
         self.idle: collections.deque[_Connection] = collections.deque()
@@ -264,8 +308,8 @@ class Pool:
     def __repr__(self) -> str:
         return f"<Pool {self.origin} idle={len(self.idle)}>"
 
-    async def acquire(self) -> tuple[_Connection, bool]:
-        """An idle connection (reused=True) or a new one."""
+    async def acquire(self, deadline: float | None) -> tuple[_Connection, bool]:
+        """An idle connection (reused=True) or a new one, connected before ``deadline``."""
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
@@ -274,9 +318,12 @@ class Pool:
             conn.abort()
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(
-                lambda: _Connection(self), self.host, self.port, ssl=self.tls,
-                server_hostname=self.host if self.tls else None)
+            async with asyncio.timeout_at(deadline):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.tls,
+                    server_hostname=self.host if self.tls else None)
+        except TimeoutError:
+            raise ResponseTimeout(f"cannot connect to {self.origin} in time") from None
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {self.origin}: {exc}") from None
         return conn, False
@@ -309,6 +356,7 @@ class Client:
     def __init__(self) -> None:
         self._pools: dict[tuple[str, str, int, int], Pool] = {}
         self._origins: dict[str, tuple[str, str, int, str]] = {}
+        self.deadlines = Deadlines()
 
     def __repr__(self) -> str:
         return f"<Client pools={len(self._pools)}>"
@@ -328,13 +376,19 @@ class Client:
         key = (scheme, host, port, id(ctx))
         pool = self._pools.get(key)
         if pool is None:
-            pool = self._pools[key] = Pool(scheme, host, port, ctx)
+            pool = self._pools[key] = Pool(scheme, host, port, ctx, self.deadlines)
         return pool
 
     async def request(self, method: str, base: str, suffix: str,
                       headers: Iterable[tuple[str, str]], body: bytes | None,
-                      tls: ssl.SSLContext | None = None) -> Response:
-        """Send ``method base+suffix``; ``headers`` must not carry Content-Length."""
+                      tls: ssl.SSLContext | None = None,
+                      timeout: float | None = None) -> Response:
+        """Send ``method base+suffix``; ``headers`` must not carry Content-Length.
+
+        ``timeout`` (seconds) bounds connecting, the answer's headers, and its body when it is
+        read whole; ``ResponseTimeout`` when it runs out.
+        """
+        deadline = None if timeout is None else self.deadlines.now() + timeout
         scheme, host, port, prefix = self._split(base)
         pool = self._pool(scheme, host, port, tls)
         path = prefix + suffix
@@ -358,9 +412,9 @@ class Client:
             data += body
         head = method == "HEAD"
         for _ in range(2):
-            conn, reused = await pool.acquire()
+            conn, reused = await pool.acquire(deadline)
             try:
-                return await conn.send(data, head)
+                return await conn.send(data, head, deadline)
             except ConnectionReset:
                 # A pooled connection the server had already closed: safe to resend once,
                 # since no byte of an answer came back.

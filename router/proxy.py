@@ -9,12 +9,11 @@ response: their exceptions are logged and counted at one boundary.
 
 from __future__ import annotations
 
-import asyncio
+import itertools
 import logging
 import random
-import time
-import itertools
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,17 @@ from .client import Client, UpstreamError
 from .client import Response as UpstreamResponse
 from .config import Route, Snapshot
 from .drift import DriftMonitor
-from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
-                     PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamUnavailable)
+from .errors import (
+    BadRequest,
+    BodyTooLarge,
+    Draining,
+    NoRoute,
+    Overloaded,
+    PredictionLogUnavailable,
+    RouterError,
+    SchemaViolation,
+    UpstreamUnavailable,
+)
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
 from .server import Connection, Request, Response, json_response
@@ -332,13 +340,13 @@ class Proxy:
             headers = request_headers(request.headers.items(), version, ex.request_id,
                                       request.remote)
             try:
-                async with asyncio.timeout(route.timeout_s):
-                    upstream = await self.client.request(
-                        request.method, base, suffix, headers.items(),
-                        ex.request_body if request.has_body else None, version.tls)
-                    length = upstream.content_length
-                    buffered = upstream.complete or (length is not None and length <= BUFFER_MAX)
-                    body = await upstream.read() if buffered else None
+                upstream = await self.client.request(
+                    request.method, base, suffix, headers.items(),
+                    ex.request_body if request.has_body else None, version.tls,
+                    route.timeout_s)
+                length = upstream.content_length
+                buffered = upstream.complete or (length is not None and length <= BUFFER_MAX)
+                body = await upstream.read() if buffered else None
             except (UpstreamError, OSError, TimeoutError) as exc:
                 self.balancer.release(base, False, outlier)
                 err = translate(exc, name)
@@ -378,8 +386,7 @@ class Proxy:
             conn.start_stream(upstream.status, headers, upstream.content_length)
             while True:
                 try:
-                    async with asyncio.timeout(ex.route.timeout_s):
-                        chunk = await upstream.next_chunk()
+                    chunk = await upstream.next_chunk(ex.route.timeout_s)
                 except (UpstreamError, OSError, TimeoutError) as exc:
                     err = translate(exc, ex.version or "")
                     self.metrics.upstream_error(ex.route.name, ex.version or "", err.kind)

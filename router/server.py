@@ -34,6 +34,8 @@ from typing import Any
 import httptools
 import orjson
 
+from .timers import Deadline, Deadlines
+
 log = logging.getLogger("model_router.server")
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -171,7 +173,7 @@ class Connection(asyncio.Protocol):
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
         self.busy = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Deadline | None = None
         self._write_ready: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._ignore_input = False
@@ -230,7 +232,8 @@ class Connection(asyncio.Protocol):
     def _arm(self) -> None:
         """Waiting on the client (idle, or mid-request): bounded by client_timeout_s."""
         self._disarm()
-        self._timer = self.loop.call_later(self.server.limits().client_timeout_s, self._expire)
+        self._timer = self.server.deadlines.after(self.server.limits().client_timeout_s,
+                                                  self._expire)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -447,6 +450,7 @@ class HttpServer:
         self.limits = limits
         self.loop = asyncio.get_event_loop()
         self.connections: set[Connection] = set()
+        self.deadlines = Deadlines()
         self._server: asyncio.AbstractServer | None = None
 
     def __repr__(self) -> str:

@@ -159,14 +159,13 @@ class Shadows:
         try:
             headers = request_headers(ex.headers.items(), version, ex.request_id, ex.peer)
             headers["x-shadow"] = "true"
-            async with asyncio.timeout(shadow.timeout_s):
-                resp = await self.client.request(ex.method, base, ex.suffix, headers.items(),
-                                                 ex.request_body, version.tls)
-                try:
-                    status = resp.status
-                    body = await resp.read()
-                finally:
-                    resp.release()
+            resp = await self.client.request(ex.method, base, ex.suffix, headers.items(),
+                                             ex.request_body, version.tls, shadow.timeout_s)
+            try:
+                status = resp.status
+                body = await resp.read()
+            finally:
+                resp.release()
         except (UpstreamError, OSError, TimeoutError) as exc:
             err = translate(exc, shadow.version)
             reason = "timeout" if err.status == 504 else "error"

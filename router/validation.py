@@ -107,6 +107,9 @@ class Validator:
         self.fields = schema.fields
         self.names = tuple(f.name for f in schema.fields)
         self.checks = tuple((f.name, f.required, compile_check(f)) for f in schema.fields)
+        # v2: the same, with the tensor datatypes each field accepts
+        self._v2_checks = tuple((name, required, check, V2_DATATYPES[f.type])
+                                for (name, required, check), f in zip(self.checks, schema.fields))
 
     def __repr__(self) -> str:
         return f"<Validator {self.schema.id} {self.protocol} {len(self.fields)} fields>"
@@ -201,16 +204,23 @@ class Validator:
 
     def _v2(self, doc: Any) -> list[Violation]:
         inputs = doc.get("inputs") if isinstance(doc, dict) else None
-        if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        by_name: dict[Any, dict[str, Any]] = {}
+        if isinstance(inputs, list):
+            for tensor in inputs:
+                if tensor.__class__ is not dict:
+                    break
+                by_name[tensor.get("name")] = tensor
+            else:
+                inputs = by_name
+        if inputs is not by_name:
             return [{"field": None, "kind": "format",
                      "expected": '{"inputs": [{"name", "datatype", "shape", "data"}]}',
                      "got": _shown(doc), "row": None}]
         out: list[Violation] = []
-        by_name = {i.get("name"): i for i in inputs}
-        if len(inputs) == 1 and inputs[0].get("name") not in self.names:
-            return self._v2_matrix(inputs[0], out)
+        if len(doc["inputs"]) == 1 and doc["inputs"][0].get("name") not in self.names:
+            return self._v2_matrix(doc["inputs"][0], out)
         rows: int | None = None
-        for name, required, check in self.checks:
+        for name, required, check, datatypes in self._v2_checks:
             tensor = by_name.get(name)
             if tensor is None:
                 if required:
@@ -219,24 +229,28 @@ class Validator:
                 continue
             data = _flatten(tensor.get("data"))
             shape = tensor.get("shape")
-            field = self.schema.field(name)
-            if field is not None and tensor.get("datatype") not in V2_DATATYPES[field.type]:
-                out.append({"field": name, "kind": "datatype",
-                            "expected": sorted(V2_DATATYPES[field.type]),
+            if tensor.get("datatype") not in datatypes:
+                out.append({"field": name, "kind": "datatype", "expected": sorted(datatypes),
                             "got": _shown(tensor.get("datatype")), "row": None})
                 continue
-            if not self._shape_ok(shape, len(data)):
+            count = len(data)
+            if not (shape.__class__ is list and len(shape) == 1 and shape[0] == count
+                    and shape[0].__class__ is int) and not self._shape_ok(shape, count):
                 out.append({"field": name, "kind": "shape",
-                            "expected": f"shape whose product is {len(data)}",
+                            "expected": f"shape whose product is {count}",
                             "got": _shown(shape), "row": None})
                 continue
             if rows is None:
-                rows = len(data)
-            elif len(data) != rows:
+                rows = count
+            elif count != rows:
                 out.append({"field": name, "kind": "shape", "expected": f"{rows} rows",
-                            "got": len(data), "row": None})
+                            "got": count, "row": None})
                 continue
-            self._values(name, check, data, out)
+            for i, value in enumerate(data):
+                bad = check(value)
+                if bad is not None:
+                    out.append({"field": name, "kind": bad[0], "expected": bad[1],
+                                "got": _shown(value), "row": i})
         return out
 
     def _v2_matrix(self, tensor: dict[str, Any], out: list[Violation]) -> list[Violation]:

@@ -75,6 +75,26 @@ async def slow_body(reader, writer) -> None:
     writer.close()
 
 
+async def trickle_stream(reader, writer) -> None:
+    """A chunked answer: 8 chunks 0.12 s apart (~1 s in all), then the end."""
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for _ in range(8):
+        writer.write(b"1\r\nz\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.12)
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    writer.close()
+
+
+async def stalled_stream(reader, writer) -> None:
+    await read_request(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    await asyncio.sleep(30)  # the fault: the stream stops mid-answer
+
+
 @pytest.fixture
 async def tcp() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
     servers: list[asyncio.Server] = []
@@ -158,6 +178,28 @@ async def test_slow_body_within_and_beyond_timeout(tmp_path: Path, tcp, start_ro
         assert resp.status == 200 and await resp.read() == b"z" * 10
     async with client.post(url(app, "/s/infer"), data=b"{}") as resp:
         assert resp.status == 504
+
+
+async def test_streamed_answer_timeout_bounds_each_gap_not_the_whole(
+        tmp_path: Path, tcp, start_router, client) -> None:
+    import aiohttp
+    routes = [route({"v1": await tcp(trickle_stream) + "/m"}, timeout_s=0.4),
+              route({"v1": await tcp(stalled_stream) + "/m"}, name="stall",
+                    match={"path_prefix": "/st"}, timeout_s=0.4)]
+    app = await start_router(write_config(tmp_path, routes))
+    started = time.monotonic()
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+        assert resp.status == 200 and await resp.read() == b"z" * 8
+    assert time.monotonic() - started > 0.8  # longer than timeout_s in all, and served whole
+    started = time.monotonic()
+    async with client.post(url(app, "/st/infer"), data=b"{}") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert time.monotonic() - started < 0.4 + 0.5
+    text = app.metrics.render().decode()
+    assert 'model_router_upstream_errors_total{kind="timeout",route="stall",version="v1"}' \
+        in text
 
 
 async def test_5xx_storm_ejects_the_replica_and_probes_it_back(tmp_path: Path, upstreams,

@@ -1,0 +1,52 @@
+"""Coarse deadlines on a real event loop: never early, at most one slot late, cancellable."""
+
+from __future__ import annotations
+
+import asyncio
+
+from router.timers import Deadlines
+
+
+async def test_fires_once_never_early_and_within_a_slot() -> None:
+    deadlines = Deadlines(resolution=0.05)
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    start = loop.time()
+    deadlines.after(0.12, lambda: fired.append(loop.time()))
+    await asyncio.sleep(0.4)
+    assert len(fired) == 1
+    assert 0.12 <= fired[0] - start < 0.12 + 0.05 + 0.1  # slot rounding + scheduling slack
+
+
+async def test_cancelled_deadlines_never_fire_and_share_slots() -> None:
+    deadlines = Deadlines(resolution=0.05)
+    fired: list[int] = []
+    handles = [deadlines.after(0.05, lambda i=i: fired.append(i)) for i in range(100)]
+    assert len(deadlines._slots) <= 2  # 100 deadlines, one or two loop timers
+    for handle in handles[::2]:
+        handle.cancel()
+        handle.cancel()  # idempotent
+    await asyncio.sleep(0.2)
+    assert sorted(fired) == list(range(1, 100, 2))
+    assert not deadlines._slots
+
+
+async def test_a_callback_may_cancel_a_sibling_or_arm_a_new_deadline() -> None:
+    deadlines = Deadlines(resolution=0.05)
+    fired: list[str] = []
+    later: list[object] = []
+
+    def first() -> None:
+        fired.append("first")
+        second.cancel()
+        later.append(deadlines.after(0, lambda: fired.append("re-armed")))
+
+    def boom() -> None:
+        raise RuntimeError("a failing callback does not stop the others")
+
+    deadlines.after(0.05, boom)
+    deadlines.after(0.05, first)
+    second = deadlines.after(0.05, lambda: fired.append("second"))
+    await asyncio.sleep(0.25)
+    # set order decides whether "second" ran before "first" cancelled it
+    assert fired in (["first", "re-armed"], ["second", "first", "re-armed"])
