@@ -90,11 +90,12 @@ def _embeddable(data: bytes) -> bool:
 
 
 def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,
-            truncated: bool = False, total: int | None = None, parsed: Any = None) -> Any:
+            truncated: bool = False, total: int | None = None, valid_json: bool = False) -> Any:
     """A request or response body as stored, per ``payloads`` and ``max_payload_kb``.
 
-    ``parsed`` is the body already parsed (validation did it): without redaction it is
-    embedded as the original bytes (orjson.Fragment), saving a parse and a serialization.
+    ``valid_json``: the body is known to parse (validation or the writer parsed it); without
+    redaction it is embedded as the original bytes (orjson.Fragment), saving a parse and a
+    serialization.
     """
     if data is None or settings.payloads == "none":
         return None
@@ -106,7 +107,7 @@ def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,
         return {"sha256": hashlib.sha256(data).hexdigest(), "bytes": size}
     if not data:
         return None
-    if parsed is not None and not settings.redact and _embeddable(data):
+    if valid_json and not settings.redact and _embeddable(data):
         return orjson.Fragment(data)
     if protocol != "raw":
         try:
@@ -150,6 +151,7 @@ class Record(Protocol):
     violations: list[dict[str, Any]] | None
     trace_id: str | None
     outcome: dict[str, Any] | None
+    valid_json: bool               # the request body is known to be JSON
 
     @property
     def revision(self) -> str: ...
@@ -183,6 +185,7 @@ class Entry:
     violations: list[dict[str, Any]] | None = None
     trace_id: str | None = None
     outcome: dict[str, Any] | None = None
+    valid_json: bool = False
 
 
 def _redacted(violations: list[dict[str, Any]] | None, names: frozenset[str],
@@ -213,7 +216,7 @@ def build_record(entry: Record, settings: PredictionLogSettings, secret: bytes,
         except orjson.JSONDecodeError:
             answer = None
     output = payload(entry.response_body, settings, protocol, entry.response_truncated,
-                     entry.response_total, parsed=answer)
+                     entry.response_total, valid_json=answer is not None)
     served = served_model_version(answer) if protocol == "v2" else None
     record = {
         "ts": iso(entry.ts), "request_id": entry.request_id,
@@ -224,7 +227,7 @@ def build_record(entry: Record, settings: PredictionLogSettings, secret: bytes,
         "schema": route.input_schema if route else None,
         "sticky_key": keyed_hash(secret, entry.sticky_key) if entry.sticky_key else None,
         "input": payload(entry.request_body, settings, protocol,
-                         parsed=getattr(entry, "doc", None)),
+                         valid_json=entry.valid_json),
         "output": output, "violations": _redacted(entry.violations, settings.redact),
         "served_model_version": served, "fallback_from": entry.fallback_from,
         "compare": entry.compare, "error": entry.error, "trace_id": entry.trace_id,

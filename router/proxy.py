@@ -83,15 +83,18 @@ class Exchange:
     error: str | None
     sticky_key: str | None
     trace_id: str | None
-    headers: Any                   # the client's headers (immutable), for shadow copies
+    headers: Any                   # the client's headers (immutable), until observers ran
     peer: str | None
     suffix: str = ""               # forwarded path remainder + query
     response_total: int | None = None
     violations: list[dict[str, Any]] | None = None
-    doc: Any = None                # the parsed request body, when something parsed it
+    doc: Any = None                # the parsed request body, until the observers ran
+    valid_json: bool = False       # the request body parsed as JSON
 
     # What the prediction log reads besides the fields above: an Exchange is its own entry
-    # (no copy on the hot path); it is never changed after it is handed over.
+    # (no copy on the hot path). After the observers ran, the proxy drops ``doc`` and
+    # ``headers`` (fields the writer never reads): a buffered entry then holds no
+    # per-request containers for the garbage collector to rescan.
     role = "primary"
     compare = None
     outcome = None
@@ -263,7 +266,7 @@ class Proxy:
             doc = self._validate(route, ex) if route.validator is not None \
                 and ex.request_body else _UNPARSED
             if doc is not _UNPARSED:
-                ex.doc = doc
+                ex.doc, ex.valid_json = doc, True
             decision = self._decide(request, route, rest, ex, doc)
             ex.version, ex.reason = decision.version, decision.reason
             return await self._forward(request, conn, route, decision, ex)
@@ -498,4 +501,5 @@ class Proxy:
             except Exception:  # noqa: BLE001 - side effects never break the response
                 self.observer_errors += 1
                 log.exception("observer %r failed for request %s", observer, ex.request_id)
+        ex.doc = ex.headers = None
 

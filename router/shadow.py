@@ -145,20 +145,21 @@ class Shadows:
             if self.inflight.get(key, 0) >= shadow.max_inflight:
                 self.metrics.shadow_dropped.labels(route.name, shadow.version, "cap").inc()
                 continue
+            version = route.versions[shadow.version]
+            headers = request_headers(ex.headers.items(), version, ex.request_id, ex.peer)
+            headers["x-shadow"] = "true"
             self.inflight[key] = self.inflight.get(key, 0) + 1
-            task = asyncio.ensure_future(self._copy(ex, route, shadow, key))
+            task = asyncio.ensure_future(self._copy(ex, route, shadow, key, headers))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _copy(self, ex: Exchange, route: Route, shadow: Shadow,
-                    key: tuple[str, str]) -> None:
+                    key: tuple[str, str], headers: dict[str, str]) -> None:
         ts, started = time.time(), self._clock()
         version = route.versions[shadow.version]
         base = self.balancer.acquire(version)
         status, body, error, reason = 0, None, None, None
         try:
-            headers = request_headers(ex.headers.items(), version, ex.request_id, ex.peer)
-            headers["x-shadow"] = "true"
             resp = await self.client.request(ex.method, base, ex.suffix, headers.items(),
                                              ex.request_body, version.tls, shadow.timeout_s)
             try:
