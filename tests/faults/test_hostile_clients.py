@@ -137,6 +137,26 @@ async def test_slowloris_is_cut_off(app_and_log, client) -> None:
     await still_serving(app, client)
 
 
+async def test_busy_keep_alive_stays_open_idle_one_is_closed(app_and_log) -> None:
+    app, _, _ = app_and_log
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(6):  # a request every 0.4 s: 2.4 s in all, over client_timeout_s (1 s)
+        writer.write(b"POST /raw/k HTTP/1.1\r\nHost: r\r\nContent-Length: 1\r\n\r\nk")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), (i, head)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        await asyncio.sleep(0.4)
+    assert loop.time() - started > 2
+    idle_from = loop.time()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # then idle: closed
+    assert 1 <= loop.time() - idle_from + 0.4 < 3
+    writer.close()
+
+
 SCHEMA = Schema("f@1", (Field("amount", "float", min=0), Field("country", "string",
                                                              enum=("US", "DE")),
                         Field("n", "int", required=False)))
