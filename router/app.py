@@ -207,8 +207,9 @@ async def _reload_quietly(app: RouterApp) -> None:
 
 def run(coro: Any) -> Any:
     """Run a coroutine on uvloop (asyncio's loop where uvloop is unavailable)."""
-    # The log writer thread builds records in batches; a short switch interval keeps it
-    # from holding the GIL for the default 5 ms while requests wait (tail latency).
+    # Work sent to threads (config loads on reload, baseline reads) runs Python; a short
+    # switch interval keeps such a thread from holding the GIL for the default 5 ms while
+    # requests wait (tail latency).
     sys.setswitchinterval(0.0005)
     # Every request allocates a few hundred short-lived objects; with the default young
     # generation of 700 the collector runs every few requests and rescans what the log

@@ -1,8 +1,8 @@
 """The prediction log: one JSONL line per primary request, shadow copy and feedback.
 
 The hot path only reserves a slot (``try_reserve``/``reserve``) and hands over an entry
-(``add``); building the record (payload policy, redaction, hashing, orjson) and writing it
-happen in a worker thread every ``flush_ms``. Files are
+(``add``). Every ``flush_ms`` the buffered entries are encoded (payload policy, redaction,
+hashing, orjson) on the loop in short slices and written by a worker thread. Files are
 ``<dir>/predictions-<UTC yyyymmddThhmmss>-<pid>.jsonl``, rotated by size, never rewritten once
 closed, and pruned by ``retain`` (oldest closed files first).
 
@@ -34,11 +34,11 @@ from .history import iso
 log = logging.getLogger("model_router.predlog")
 
 BUFFER_RECORDS = 8192      # entries buffered or reserved at most (bounded memory)
-YIELD_EVERY = 16           # records built between GIL hand-backs in the writer thread
+ENCODE_SLICE = 16          # records encoded between yields to the event loop
 REDACTED = "***"
 
 
-# -- record building (runs in the writer thread) ----------------------------------------------
+# -- record building -------------------------------------------------------------------------
 
 def keyed_hash(secret: bytes, value: str) -> str:
     """The sticky key as stored: keyed blake2b, so a guessed id cannot be confirmed."""
@@ -162,7 +162,7 @@ class Record(Protocol):
 
 @dataclass(slots=True)
 class Entry:
-    """A shadow or feedback record; the record is built from it in the writer thread."""
+    """A shadow or feedback record; the JSON record is built from it at the next flush."""
 
     ts: float
     request_id: str
@@ -317,7 +317,7 @@ Sink = Callable[[bytes], None]
 
 
 class PredictionLog:
-    """Bounded buffer + a flush task on the loop + writes in a worker thread."""
+    """Bounded buffer + a flush task on the loop (encoding) + writes in a worker thread."""
 
     def __init__(self, settings: PredictionLogSettings, secret: bytes, *,
                  sink: Sink | None = None, metrics: Any = None,
@@ -408,7 +408,13 @@ class PredictionLog:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write what is buffered; on failure keep it for the next flush (and mark unhealthy)."""
+        """Write what is buffered; on failure keep it for the next flush (and mark unhealthy).
+
+        Records are encoded on the loop in slices of ``ENCODE_SLICE`` (requests run between
+        slices), then written by a worker thread. Encoding in a thread instead would only add
+        GIL hand-overs: the encoding is Python and holds the GIL either way; the write
+        releases it.
+        """
         if self.metrics is not None:
             self.metrics.predlog_pending.set(self.pending)
         if not self._entries:
@@ -416,9 +422,17 @@ class PredictionLog:
         batch, self._entries = self._entries, []
         self._writing = len(batch)
         try:
-            await asyncio.to_thread(self._write, batch)
+            try:
+                data, mismatches = await self._encode(batch)
+            except BaseException:
+                self._entries[:0] = batch  # failed or cancelled before a byte was written
+                raise
+            try:
+                await asyncio.to_thread(self._write, data)
+            except Exception:  # cancelled while writing: the thread finishes the write
+                self._entries[:0] = batch
+                raise
         except Exception as exc:  # noqa: BLE001 - a failing disk must not kill the router
-            self._entries[:0] = batch
             if self.healthy:
                 log.error("prediction log write failed, keeping %d records: %s",
                           len(batch), exc)
@@ -427,6 +441,11 @@ class PredictionLog:
             return
         finally:
             self._writing = 0
+        self.written += len(batch)
+        if self.metrics is not None:
+            self.metrics.predlog_records.inc(len(batch))
+            for route_name, version in mismatches:
+                self.metrics.version_mismatch.labels(route_name, version).inc()
         if not self.healthy:
             log.warning("prediction log writable again")
         self.healthy = True
@@ -434,12 +453,13 @@ class PredictionLog:
         if not self._room.is_set() and self.pending < self.capacity:
             self._room.set()
 
-    def _write(self, batch: list[Record]) -> None:
+    async def _encode(self, batch: list[Record]) -> tuple[bytes, list[tuple[str, str]]]:
+        """JSONL bytes of a batch, and the (route, version) of answers naming another version."""
         lines = []
         mismatches = []
         for i, entry in enumerate(batch):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                time.sleep(0)  # hand the GIL back to the event loop between short slices
+            if i % ENCODE_SLICE == ENCODE_SLICE - 1:
+                await asyncio.sleep(0)
             record, served = build_record(entry, self.settings, self.secret)
             lines.append(orjson.dumps(record))
             route = entry.route
@@ -448,14 +468,11 @@ class PredictionLog:
                     if entry.version in route.versions else None
                 if expected is not None and served != expected:
                     mismatches.append((route.name, entry.version))
-        data = b"\n".join(lines) + b"\n"
+        return b"\n".join(lines) + b"\n", mismatches
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
             self.sink(data)
-        self.written += len(batch)
-        if self.metrics is not None:
-            self.metrics.predlog_records.inc(len(batch))
-            for route_name, version in mismatches:
-                self.metrics.version_mismatch.labels(route_name, version).inc()
 
     async def close(self) -> None:
         """Flush everything (called at shutdown, after in-flight requests finished)."""
