@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 import os
@@ -196,6 +197,7 @@ def _redacted(violations: list[dict[str, Any]] | None, names: frozenset[str],
     return [{**v, "got": REDACTED} if v.get("field") in names else v for v in violations]
 
 
+@functools.lru_cache(maxsize=1024)  # upstream URLs come from the config: a small set
 def origin(url: str | None) -> str | None:
     """``http://host:port`` of an upstream URL: where the request went, without the path."""
     if not url:
