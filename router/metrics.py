@@ -78,6 +78,7 @@ class Metrics:
                                      registry=r, multiprocess_mode="livesum")
         self._request_children: dict[tuple[str, str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str, str], Any] = {}
+        self._counter_children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
 
     def __repr__(self) -> str:
         return f"<Metrics {len(self._request_children)} request series>"
@@ -98,8 +99,16 @@ class Metrics:
             hist = self._duration_children[dkey] = self.duration.labels(route, version, role)
         hist.observe(seconds)
 
+    def count(self, counter: Counter, *labels: str) -> None:
+        """``counter.labels(*labels).inc()`` with the child cached (labels() costs ~2 us)."""
+        key = (counter, labels)
+        child = self._counter_children.get(key)
+        if child is None:
+            child = self._counter_children[key] = counter.labels(*labels)
+        child.inc()
+
     def upstream_error(self, route: str, version: str, kind: str) -> None:
-        self.upstream_errors.labels(route, version, kind).inc()
+        self.count(self.upstream_errors, route, version, kind)
 
     def schema_violations(self, route: str, violations: list[dict[str, Any]]) -> None:
         """Count each (field, kind) once per request; fields come from the schema."""

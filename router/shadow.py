@@ -143,7 +143,7 @@ class Shadows:
                 continue
             key = (route.name, shadow.version)
             if self.inflight.get(key, 0) >= shadow.max_inflight:
-                self.metrics.shadow_dropped.labels(route.name, shadow.version, "cap").inc()
+                self.metrics.count(self.metrics.shadow_dropped, route.name, shadow.version, "cap")
                 continue
             version = route.versions[shadow.version]
             headers = request_headers(ex.headers.items(), version, ex.request_id, ex.peer)
@@ -182,7 +182,7 @@ class Shadows:
         if reason is None and status >= 500:
             reason, error = "error", f"shadow answered {status}"
         if reason is not None:
-            self.metrics.shadow_dropped.labels(route.name, shadow.version, reason).inc()
+            self.metrics.count(self.metrics.shadow_dropped, route.name, shadow.version, reason)
         result = self._compare(ex, route, shadow, body, reason)
         for observer in self.observers:
             try:
@@ -202,7 +202,8 @@ class Shadows:
                  failed: str | None) -> dict[str, Any] | None:
         """The ``compare`` field; None when either side has no comparable answer."""
         if failed is not None:
-            self.metrics.shadow_comparisons.labels(route.name, shadow.version, "error").inc()
+            self.metrics.count(self.metrics.shadow_comparisons, route.name, shadow.version,
+                               "error")
             return None
         if body is None or ex.response_body is None or ex.response_truncated \
                 or ex.status >= 400:
@@ -219,7 +220,7 @@ class Shadows:
             result = {"against": against, "match": body == ex.response_body,
                       "max_abs_diff": None, "agreement": None}
         label = "match" if result["match"] else "mismatch"
-        self.metrics.shadow_comparisons.labels(route.name, shadow.version, label).inc()
+        self.metrics.count(self.metrics.shadow_comparisons, route.name, shadow.version, label)
         return result
 
     async def drain(self, timeout: float) -> None:

@@ -50,3 +50,15 @@ async def test_a_callback_may_cancel_a_sibling_or_arm_a_new_deadline() -> None:
     await asyncio.sleep(0.25)
     # set order decides whether "second" ran before "first" cancelled it
     assert fired in (["first", "re-armed"], ["second", "first", "re-armed"])
+
+
+async def test_long_delays_share_coarse_slots_and_cancelled_slots_are_freed() -> None:
+    deadlines = Deadlines(resolution=0.01)
+    handles = []
+    for _ in range(50):  # 30 s timeouts armed over ~100 ms: 160 ms slots, not 10 ms ones
+        handles.append(deadlines.after(30, lambda: None))
+        await asyncio.sleep(0.002)
+    assert len(deadlines._slots) <= 2
+    for handle in handles:
+        handle.cancel()
+    assert not deadlines._slots  # nothing armed: no slot, no loop timer left behind
