@@ -1,8 +1,9 @@
 """The prediction log: one JSONL line per primary request, shadow copy and feedback.
 
 The hot path only reserves a slot (``try_reserve``/``reserve``) and hands over an entry
-(``add``). Every ``flush_ms`` the buffered entries are encoded (payload policy, redaction,
-hashing, orjson) on the loop in short slices and written by a worker thread. Files are
+(``add``), which encodes it (payload policy, redaction, hashing, orjson) into a JSONL line
+once the answer is out. Every ``flush_ms`` the buffered lines are written by a worker
+thread. Files are
 ``<dir>/predictions-<UTC yyyymmddThhmmss>-<pid>.jsonl``, rotated by size, never rewritten once
 closed, and pruned by ``retain`` (oldest closed files first).
 
@@ -35,7 +36,6 @@ from .history import iso
 log = logging.getLogger("model_router.predlog")
 
 BUFFER_RECORDS = 8192      # entries buffered or reserved at most (bounded memory)
-ENCODE_SLICE = 16          # records encoded between yields to the event loop
 REDACTED = "***"
 
 
@@ -163,7 +163,7 @@ class Record(Protocol):
 
 @dataclass(slots=True)
 class Entry:
-    """A shadow or feedback record; the JSON record is built from it at the next flush."""
+    """A shadow or feedback record (the proxy's primary records are its Exchanges)."""
 
     ts: float
     request_id: str
@@ -319,7 +319,7 @@ Sink = Callable[[bytes], None]
 
 
 class PredictionLog:
-    """Bounded buffer + a flush task on the loop (encoding) + writes in a worker thread."""
+    """Bounded buffer of encoded lines + a flush task + writes in a worker thread."""
 
     def __init__(self, settings: PredictionLogSettings, secret: bytes, *,
                  sink: Sink | None = None, metrics: Any = None,
@@ -331,12 +331,13 @@ class PredictionLog:
         self.files = LogFiles(settings, wall)
         self.sink: Sink = sink or self.files.write
         self.metrics = metrics
-        self._entries: list[Record] = []
+        self._entries: list[bytes] = []      # encoded JSONL lines
         self._reserved = 0          # slots promised to requests in flight
         self._writing = 0           # entries of the batch being written right now
         self._room = asyncio.Event()
         self._room.set()
         self._lock = threading.Lock()  # serializes sink calls (flush thread vs close)
+        self._flush_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self.healthy = True
         self.last_error: str | None = None
@@ -384,13 +385,29 @@ class PredictionLog:
         self._reserved -= 1
 
     def add(self, entry: Record, reserved: bool) -> bool:
-        """Queue a record. Without a reservation it is dropped (and counted) when full."""
-        if reserved:
-            self._reserved -= 1
-        elif self.pending >= self.capacity:
+        """Encode a record and queue its line; without a reservation it is dropped (and
+        counted) when full.
+
+        Encoding here, once per finished exchange (~7 us), keeps only bytes in the buffer:
+        nothing per request stays alive for the garbage collector to rescan, and the flush
+        only writes.
+        """
+        if not reserved and self.pending >= self.capacity:
             self._drop()
             return False
-        self._entries.append(entry)
+        try:
+            record, served = build_record(entry, self.settings, self.secret)
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        finally:
+            if reserved:
+                self._reserved -= 1
+        self._entries.append(line)
+        route = entry.route
+        if served is not None and route is not None and entry.version in route.versions \
+                and self.metrics is not None:
+            expected = route.versions[entry.version].model_version
+            if expected is not None and served != expected:
+                self.metrics.count(self.metrics.version_mismatch, route.name, entry.version)
         return True
 
     def _drop(self) -> None:
@@ -412,11 +429,13 @@ class PredictionLog:
     async def flush(self) -> None:
         """Write what is buffered; on failure keep it for the next flush (and mark unhealthy).
 
-        Records are encoded on the loop in slices of ``ENCODE_SLICE`` (requests run between
-        slices), then written by a worker thread. Encoding in a thread instead would only add
-        GIL hand-overs: the encoding is Python and holds the GIL either way; the write
-        releases it.
+        Flushes run one at a time: a flush called while another writes waits for it, then
+        writes what is left (a failed batch included).
         """
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if self.metrics is not None:
             self.metrics.predlog_pending.set(self.pending)
         if not self._entries:
@@ -424,17 +443,9 @@ class PredictionLog:
         batch, self._entries = self._entries, []
         self._writing = len(batch)
         try:
-            try:
-                data, mismatches = await self._encode(batch)
-            except BaseException:
-                self._entries[:0] = batch  # failed or cancelled before a byte was written
-                raise
-            try:
-                await asyncio.to_thread(self._write, data)
-            except Exception:  # cancelled while writing: the thread finishes the write
-                self._entries[:0] = batch
-                raise
+            await asyncio.to_thread(self._write, b"".join(batch))
         except Exception as exc:  # noqa: BLE001 - a failing disk must not kill the router
+            self._entries[:0] = batch
             if self.healthy:
                 log.error("prediction log write failed, keeping %d records: %s",
                           len(batch), exc)
@@ -446,31 +457,12 @@ class PredictionLog:
         self.written += len(batch)
         if self.metrics is not None:
             self.metrics.predlog_records.inc(len(batch))
-            for route_name, version in mismatches:
-                self.metrics.version_mismatch.labels(route_name, version).inc()
         if not self.healthy:
             log.warning("prediction log writable again")
         self.healthy = True
         self.last_error = None
         if not self._room.is_set() and self.pending < self.capacity:
             self._room.set()
-
-    async def _encode(self, batch: list[Record]) -> tuple[bytes, list[tuple[str, str]]]:
-        """JSONL bytes of a batch, and the (route, version) of answers naming another version."""
-        lines = []
-        mismatches = []
-        for i, entry in enumerate(batch):
-            if i % ENCODE_SLICE == ENCODE_SLICE - 1:
-                await asyncio.sleep(0)
-            record, served = build_record(entry, self.settings, self.secret)
-            lines.append(orjson.dumps(record))
-            route = entry.route
-            if served is not None and route is not None and entry.version is not None:
-                expected = route.versions[entry.version].model_version \
-                    if entry.version in route.versions else None
-                if expected is not None and served != expected:
-                    mismatches.append((route.name, entry.version))
-        return b"\n".join(lines) + b"\n", mismatches
 
     def _write(self, data: bytes) -> None:
         with self._lock:

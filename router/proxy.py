@@ -9,6 +9,7 @@ response: their exceptions are logged and counted at one boundary.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import random
@@ -83,18 +84,16 @@ class Exchange:
     error: str | None
     sticky_key: str | None
     trace_id: str | None
-    headers: Any                   # the client's headers (immutable), until observers ran
+    headers: Any                   # the client's headers (immutable), for shadow copies
     peer: str | None
     suffix: str = ""               # forwarded path remainder + query
     response_total: int | None = None
     violations: list[dict[str, Any]] | None = None
-    doc: Any = None                # the parsed request body, until the observers ran
+    doc: Any = None                # the parsed request body, when something parsed it
     valid_json: bool = False       # the request body parsed as JSON
 
     # What the prediction log reads besides the fields above: an Exchange is its own entry
-    # (no copy on the hot path). After the observers ran, the proxy drops ``doc`` and
-    # ``headers`` (fields the writer never reads): a buffered entry then holds no
-    # per-request containers for the garbage collector to rescan.
+    # (no copy on the hot path); it is never changed after it is handed over.
     role = "primary"
     compare = None
     outcome = None
@@ -253,7 +252,9 @@ class Proxy:
             ex.latency_s = self._clock() - started
             if ex.status == 0:  # cancelled (shutdown grace ran out) before any answer
                 ex.error = ex.error or "cancelled before an answer"
-            self._notify(ex, inference, reserved)
+            # After this task step, i.e. once the server wrote the answer: the record and
+            # the metrics never delay the response.
+            asyncio.get_running_loop().call_soon(self._notify, ex, inference, reserved)
         return response
 
     async def _exchange(self, request: Request, conn: Connection, route: Route, rest: str,
@@ -501,5 +502,4 @@ class Proxy:
             except Exception:  # noqa: BLE001 - side effects never break the response
                 self.observer_errors += 1
                 log.exception("observer %r failed for request %s", observer, ex.request_id)
-        ex.doc = ex.headers = None
 
