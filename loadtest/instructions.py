@@ -86,9 +86,13 @@ def measure(name: str, tmp: Path, ups: list[int], script: Path, seconds: int) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--seconds", type=int, default=20)
     args = parser.parse_args()
+    args.scenarios = args.scenarios or list(SCENARIOS)
+    if unknown := set(args.scenarios) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     missing = [tool for tool in ("valgrind", "callgrind_control", "wrk") if not shutil.which(tool)]
     if missing:
         print(f"loadtest.instructions needs {', '.join(missing)} (Debian packages valgrind, wrk)")
