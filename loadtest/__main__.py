@@ -319,6 +319,13 @@ class Bench:
             conf = folder / "nginx.conf"
             conf.write_text(NGINX.format(dir=folder, a=a, b=b, c=c, port=port, mirror=mirror))
             return Proc(pinned(0, ["nginx", "-c", str(conf), "-g", "daemon off;"]), port)
+        if name in ("router_w1", "router_w2"):  # serve --workers N on every CPU
+            config = router_config(self.tmp / f"{name}-{port}", port, self.up_ports)
+            argv = [py, "-m", "router.cli", "--log-level", "WARNING", "serve", "-c",
+                    str(config), "--workers", name[-1]]
+            if TWO_CPUS:  # undo the affinity inherited from this process (CPU 1)
+                argv = ["taskset", "-c", f"0-{(os.cpu_count() or 1) - 1}", *argv]
+            return Proc(argv, port)
         shadow = {"router_shadow10": 10, "router_shadow100": 100, "router_slow_shadow": 100}
         config = router_config(self.tmp / f"{name}-{port}", port, self.up_ports,
                                log=name != "router_nolog", shadow=shadow.get(name, 0),
@@ -451,6 +458,8 @@ def main() -> int:
     parser.add_argument("--rss", type=int, default=0, help="requests for the RSS scenario")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--only", help="comma-separated throughput scenarios to run")
+    parser.add_argument("--workers", action="store_true",
+                        help="also router_full with serve --workers 1 and 2, unpinned")
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.duration = 1, 1.0
@@ -469,6 +478,8 @@ def main() -> int:
                 names += ["nginx_split", "nginx_mirror"]
             else:
                 print("nginx not installed: nginx scenarios skipped (apt-get install nginx)")
+        if args.workers:
+            names += ["router_w1", "router_w2"]
         if args.only:
             names = [n for n in args.only.split(",") if n]
         print("throughput (50 connections, 311-byte POST, split 95/5 + sticky):")
@@ -501,6 +512,8 @@ def main() -> int:
             extra.append(f"{ratio(med[n], med[base])} vs {base}")
         if n == "router_shadow100" and "nginx_mirror" in med:
             extra.append(f"{ratio(med[n], med['nginx_mirror'])} vs nginx_mirror")
+        if n == "router_w2" and "router_w1" in med:
+            extra.append(f"{ratio(med[n], med['router_w1'])} vs router_w1")
         if n == "router_full" and "router_nolog" in med:
             extra.append(f"log cost {100 * (1 - med[n] / med['router_nolog']):.1f}%")
         print(f"{n:<20} {med[n]:>9.0f} {cpu[n]:>11.1f}  {'; '.join(extra)}")
