@@ -153,7 +153,7 @@ async def test_busy_keep_alive_stays_open_idle_one_is_closed(app_and_log) -> Non
     assert loop.time() - started > 2
     idle_from = loop.time()
     assert await asyncio.wait_for(reader.read(), 5) == b""  # then idle: closed
-    assert 1 <= loop.time() - idle_from + 0.4 < 3
+    assert 0.9 <= loop.time() - idle_from + 0.4 < 3  # idle since the answer: ~1 s, not sooner
     writer.close()
 
 
