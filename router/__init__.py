@@ -6,8 +6,10 @@ How the pieces fit (one module per concern):
   the schema gate) and compile them into a frozen ``Snapshot`` (validators from
   ``validation``); every error names file, path and reason.
 - ``routing``: the pure decision (pinned path > override > blue/green > sticky/weighted split).
-- ``proxy``: the aiohttp low-level handler, the hot path; ``client`` is the lean httptools
-  upstream client, ``upstream`` holds header rules, replica choice and error translation.
+- ``server`` is the HTTP/1.1 front end (asyncio protocol + httptools); ``proxy`` is its
+  handler, the hot path; ``client`` is the lean httptools upstream client, ``upstream``
+  holds header rules, replica choice and error translation; ``timers`` gives the per-request
+  timeouts shared slots instead of a loop timer each.
   Finished exchanges go to the prediction log (``predlog``), ``shadow`` copies, ``drift``
   sampling, ``metrics`` and the rollout evidence.
 - ``reload``: watch files, SIGHUP and the admin API; build, validate, gate, swap one
