@@ -212,8 +212,8 @@ def run(coro: Any) -> Any:
     # requests wait (tail latency).
     sys.setswitchinterval(0.0005)
     # Every request allocates a few hundred short-lived objects; with the default young
-    # generation of 700 the collector runs every few requests and rescans what the log
-    # buffer holds. Freeze what startup built and collect the young generation less often.
+    # generation of 700 the collector runs every few requests and rescans what the requests
+    # in flight hold. Freeze what startup built and collect the young generation less often.
     gc.freeze()
     gc.set_threshold(GC_YOUNG, 10, 10)
     try:

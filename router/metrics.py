@@ -113,10 +113,10 @@ class Metrics:
     def schema_violations(self, route: str, violations: list[dict[str, Any]]) -> None:
         """Count each (field, kind) once per request; fields come from the schema."""
         for field, kind in {(v["field"] or "_request", v["kind"]) for v in violations}:
-            self.schema_violations_total.labels(route, field, kind).inc()
+            self.count(self.schema_violations_total, route, field, kind)
 
     def reject(self, route: str, code: int) -> None:
-        self.rejected.labels(route, str(code)).inc()
+        self.count(self.rejected, route, str(code))
 
     def applied(self, snapshot: Snapshot) -> None:
         """Publish a newly applied snapshot's weights and revision."""

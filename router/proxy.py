@@ -26,17 +26,8 @@ from .client import Client, UpstreamError
 from .client import Response as UpstreamResponse
 from .config import Route, Snapshot
 from .drift import DriftMonitor
-from .errors import (
-    BadRequest,
-    BodyTooLarge,
-    Draining,
-    NoRoute,
-    Overloaded,
-    PredictionLogUnavailable,
-    RouterError,
-    SchemaViolation,
-    UpstreamUnavailable,
-)
+from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
+                     PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamUnavailable)
 from .metrics import UNMATCHED, Metrics
 from .predlog import Entry, PredictionLog
 from .server import Connection, Request, Response, json_response

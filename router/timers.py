@@ -73,10 +73,13 @@ class Deadlines:
     def __repr__(self) -> str:
         return f"<Deadlines slots={len(self._slots)}>"
 
-    def now(self) -> float:
+    def _running(self) -> asyncio.AbstractEventLoop:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        return self.loop.time()
+        return self.loop
+
+    def now(self) -> float:
+        return self._running().time()
 
     def after(self, delay: float, callback: Callable[[], None]) -> Deadline:
         """Call ``callback`` once, ``delay`` seconds from now (rounded up to its slot)."""
@@ -84,9 +87,7 @@ class Deadlines:
 
     def at(self, when: float, callback: Callable[[], None]) -> Deadline:
         """Call ``callback`` once at loop time ``when`` (rounded up to its slot)."""
-        loop = self.loop
-        if loop is None:
-            loop = self.loop = asyncio.get_running_loop()
+        loop = self._running()
         base = self.resolution
         shift = 0
         delay = when - loop.time()
