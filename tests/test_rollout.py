@@ -70,6 +70,17 @@ async def send(client, app, n: int, concurrency: int = 20) -> dict[str, int]:
     return seen
 
 
+async def run_until_decided(client, app, clock: Clock, rounds: int, requests: int,
+                            step_s: float) -> None:
+    """Send traffic, advance the clock and tick, until the rollout stops running."""
+    for _ in range(rounds):
+        await send(client, app, requests)
+        clock.now += step_s
+        app.rollouts.tick()
+        if app.rollouts.states["fraud"].status != "running":
+            return
+
+
 def history(tmp_path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in
             (tmp_path / "state" / "history.jsonl").read_bytes().splitlines()]
@@ -106,12 +117,7 @@ async def test_bad_canary_is_rolled_back_early(tmp_path: Path, upstreams, start_
                                                  step_min_requests=500)])
     app = await start_router(path, rollout_clock=clock, run_rollouts=False)
     started = clock.now
-    for _ in range(40):
-        await send(client, app, 100)
-        clock.now += 1.5
-        app.rollouts.tick()
-        if app.rollouts.states["fraud"].status != "running":
-            break
+    await run_until_decided(client, app, clock, rounds=40, requests=100, step_s=1.5)
     state = app.rollouts.states["fraud"]
     assert state.status == "rolled_back" and state.weight == 0
     assert clock.now - started < 600, "rolled back long before the step would end"
@@ -158,12 +164,7 @@ async def test_slower_canary_is_stopped(tmp_path: Path, upstreams, start_router,
         v1, v2, steps=[50, 100], step_min_s=30, step_min_requests=200,
         checks={"latency_p99": {"max_ratio": 1.25}})])
     app = await start_router(path, rollout_clock=clock, run_rollouts=False)
-    for _ in range(6):
-        await send(client, app, 300)
-        clock.now += 31
-        app.rollouts.tick()
-        if app.rollouts.states["fraud"].status != "running":
-            break
+    await run_until_decided(client, app, clock, rounds=6, requests=300, step_s=31)
     assert app.rollouts.states["fraud"].status == "rolled_back"
     check = history(tmp_path)[-1]["evidence"]["checks"][0]
     assert check["check"] == "latency" and check["quantile"] == "p90"
