@@ -26,6 +26,9 @@ from .timers import Deadline, Deadlines
 
 IDLE_S = 30.0            # idle connections older than this are closed, not reused
 MAX_IDLE = 256           # idle connections kept per origin
+MAX_HEADER_BYTES = 16 * 1024   # an answer's header block, and its number of lines: more is
+MAX_HEADER_LINES = 100         # not a model server's answer (502 protocol)
+READ_HIGH = 256 * 1024   # streamed body bytes held before reading the upstream pauses
 
 
 class UpstreamError(Exception):
@@ -48,11 +51,15 @@ class ResponseTimeout(UpstreamError, TimeoutError):
     kind = "timeout"
 
 
+class _ExtraAnswer(Exception):
+    """Raised inside the parser: an answer began after the expected one was complete."""
+
+
 class Response:
     """Status and headers at once; the body buffered or read chunk by chunk."""
 
     __slots__ = ("status", "headers", "content_length", "_conn", "_chunks", "_done",
-                 "_waiter", "_error", "_released")
+                 "_waiter", "_error", "_released", "_held", "_whole", "_served_by")
 
     def __init__(self, conn: _Connection) -> None:
         self.status = 0
@@ -64,9 +71,20 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._released = False
+        self._held = 0          # body bytes received and not yet taken
+        self._whole = False     # read() wants the whole body: no flow control
+        self._served_by = conn  # kept after release, so a bad answer can close it
 
     def __repr__(self) -> str:
-        return f"<Response {self.status} done={self._done}>"
+        return f"<Response {self.status} done={self._done} held={self._held}>"
+
+    def _take(self) -> bytes:
+        chunk = self._chunks.popleft()
+        self._held -= len(chunk)
+        conn = self._conn
+        if conn is not None and conn.paused and self._held <= READ_HIGH // 2:
+            conn.resume()
+        return chunk
 
     @property
     def complete(self) -> bool:
@@ -85,16 +103,27 @@ class Response:
         finally:
             self._waiter = None
 
-    async def read(self) -> bytes:
-        """The whole body."""
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; BadResponse if it grows past ``limit`` bytes."""
+        self._whole = True
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
         while not self._done:
             if self._error is not None:
                 raise self._error
+            if limit is not None and self._held > limit:
+                self.reject()
+                raise BadResponse(f"the answer is over {limit} bytes")
             await self._wait()
+        if limit is not None and self._held > limit:
+            self.reject()
+            raise BadResponse(f"the answer is over {limit} bytes")
         if self._error is not None and not self._done:
             raise self._error
         body = b"".join(self._chunks)
         self._chunks.clear()
+        self._held = 0
         self.release()
         return body
 
@@ -108,7 +137,7 @@ class Response:
             conn.disarm()
         while True:
             if self._chunks:
-                return self._chunks.popleft()
+                return self._take()
             if self._done:
                 return b""
             if self._error is not None:
@@ -131,6 +160,13 @@ class Response:
         if conn is not None:
             conn.finished(reusable=self._done and self._error is None)
 
+    def reject(self) -> None:
+        """The answer is not the one asked for (or unusable): its connection is never reused."""
+        conn = self._served_by
+        self.release()
+        if conn is not None:
+            conn.abort()
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; serves one request at a time."""
@@ -147,9 +183,14 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.received = False
         self.deadline: Deadline | None = None
+        self.paused = False      # reading paused: the streamed body is not being taken
+        self.answered = False    # the final answer to the request in flight is complete
+        self.in_head = False     # between the status line and the end of the header block
+        self.header_bytes = 0
 
     def __repr__(self) -> str:
-        return f"<Connection {self.pool.origin} closed={self.closed}>"
+        return (f"<Connection {self.pool.origin} closed={self.closed} paused={self.paused}"
+                f" answered={self.answered}>")
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -157,11 +198,24 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.response is None or self.closed:
+            # Bytes nobody asked for (on an idle pooled connection, or after the answer
+            # was taken): whatever they are, they must never become another request's
+            # answer.
+            self.abort()
+            return
         self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(BadResponse("upstream asked for a protocol upgrade"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _ExtraAnswer):
+                self.abort()
+            else:
+                self._fail(cause if isinstance(cause, BadResponse)
+                           else BadResponse(f"invalid HTTP from upstream: {exc}"))
         except httptools.HttpParserError as exc:
             self._fail(BadResponse(f"invalid HTTP from upstream: {exc}"))
 
@@ -186,31 +240,51 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.answered:
+            # A second answer after the one expected: one answer per request, so this
+            # connection is done (the first answer stands; nothing else is read).
+            raise _ExtraAnswer
+        self.in_head = True
+        self.header_bytes = 0
         if self.response is not None:
             self.response.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.response is not None:
-            # the same decoding as the server's, so every byte of a header round-trips
-            self.response.headers.append((name.decode("latin-1"),
-                                          value.decode("utf-8", "surrogateescape")))
+        response = self.response
+        if response is None or not self.in_head:
+            return  # trailers: never turned into answer headers
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES or len(response.headers) >= MAX_HEADER_LINES:
+            raise BadResponse(f"answer headers over {MAX_HEADER_BYTES} bytes or "
+                              f"{MAX_HEADER_LINES} lines")
+        # the same decoding as the server's, so every byte of a header round-trips
+        response.headers.append((name.decode("latin-1"),
+                                 value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         response = self.response
         if response is None:
             return
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # informational: the real answer follows
             return
+        if status > 599 or status < 100:
+            raise BadResponse(f"invalid status {status:03d} from upstream")
         response.status = status
         self.keep_alive = self.parser.should_keep_alive()
         for name, value in response.headers:
-            if name.lower() == "content-length":
+            lname = name.lower()
+            if lname == "content-length":
                 try:
                     response.content_length = int(value)
                 except ValueError:
-                    self._fail(BadResponse("invalid Content-Length from upstream"))
-                    return
+                    raise BadResponse("invalid Content-Length from upstream") from None
+            elif lname == "transfer-encoding" and \
+                    [c.strip() for c in value.lower().split(",")] != ["chunked"]:
+                # The router does not decode transfer-codings (gzip...): relaying the
+                # coded bytes without the header would hand the client garbage.
+                raise BadResponse(f"unsupported Transfer-Encoding {value!r} from upstream")
         if self.head or status in (204, 304):
             response._done = True
             self.keep_alive = self.keep_alive and not self.head
@@ -222,15 +296,32 @@ class _Connection(asyncio.Protocol):
         response = self.response
         if response is not None and response.status:
             response._chunks.append(body)
+            response._held += len(body)
+            if response._held > READ_HIGH and not response._whole and not self.paused:
+                self.pause()
             response._wake()
 
     def on_message_complete(self) -> None:
         response = self.response
         if response is None or not response.status:
             return  # the end of a 1xx
+        self.answered = True
         self.disarm()
         response._done = True
         response._wake()
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop reading the upstream: its answer waits in the kernel, not in memory."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+            self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     # -- request lifecycle -------------------------------------------------------------------
 
@@ -264,6 +355,7 @@ class _Connection(asyncio.Protocol):
         response = self.response = Response(self)
         self.head = head
         self.received = False
+        self.answered = False
         self.headers_ready = asyncio.get_running_loop().create_future()
         if deadline is not None:
             self.arm(self.pool.deadlines.at(deadline, self.timed_out))

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 import random
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 
 from . import routing
-from .client import Client, UpstreamError
+from .client import BadResponse, Client, UpstreamError
 from .client import Response as UpstreamResponse
 from .config import Route, Snapshot
 from .drift import DriftMonitor
@@ -40,6 +41,9 @@ BUFFER_MAX = 1 << 20          # answers up to 1 MiB with a Content-Length are bu
 _FALLBACK_KINDS = ("connect", "reset")
 _MAX_REQUEST_ID = 200
 _UNPARSED = object()
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+# Spellings of "/", "\\", NUL and "." that some server or framework decodes on the way in.
+_ENCODED_SEPARATORS = ("%2f", "%5c", "%00", "%252f", "%255c", "%2500", "%c0%ae", "%c0%af")
 
 
 class Live:
@@ -114,21 +118,57 @@ def error_response(err: RouterError, request_id: str, route: str | None = None,
 
 
 def trace_id(traceparent: str | None) -> str | None:
-    """The trace id of a W3C ``traceparent`` (version-traceid-parentid-flags)."""
+    """The trace id of a well-formed W3C ``traceparent`` (version-traceid-parentid-flags)."""
     if not traceparent:
         return None
-    parts = traceparent.split("-")
-    return parts[1] if len(parts) >= 4 and len(parts[1]) == 32 else None
+    found = _TRACEPARENT.fullmatch(traceparent)
+    return found.group(1) if found is not None and found.group(1) != "0" * 32 else None
 
 
-def _has_dot_segment(raw_path: str) -> bool:
-    if "." not in raw_path and "%2" not in raw_path.lower():
-        return False
-    for segment in raw_path.split("/"):
-        lowered = segment.lower().replace("%2e", ".")
-        if lowered in (".", ".."):
-            return True
-    return False
+def valid_request_id(value: str) -> bool:
+    """1-200 visible ASCII characters: safe in a header, a log line and an audit query."""
+    return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable() \
+        and " " not in value
+
+
+def unsafe_path(raw_path: str) -> str | None:
+    """Why a request path must not be forwarded, or None.
+
+    A path that some upstream could decode into another resource never leaves the router:
+    percent-encoded ``/`` or ``\\`` (also double-encoded), a backslash, NUL, and dot
+    segments in any spelling (``..``, ``%2e%2e``, ``.%2E``, ``..;param``).
+    """
+    if "%" not in raw_path and "\\" not in raw_path and "." not in raw_path \
+            and "\x00" not in raw_path:
+        return None  # the common case: nothing to decode
+    lowered = raw_path.lower()
+    if "\\" in raw_path or "\x00" in raw_path or any(s in lowered for s in _ENCODED_SEPARATORS):
+        return "an encoded separator, backslash or NUL in the path"
+    decoded = lowered.replace("%25", "%").replace("%2e", ".")
+    for segment in decoded.split("/"):
+        if segment.partition(";")[0] in (".", ".."):
+            return "a dot segment in the path"
+    return None
+
+
+def answer_id_mismatch(request_body: bytes, doc: Any, answer: bytes) -> str | None:
+    """For V2: the request's ``id`` and the answer's ``id`` differ (an answer meant for
+    another request), as "want != got"; None when they agree or either has none."""
+    if b'"id"' not in request_body or b'"id"' not in answer:
+        return None
+    try:
+        if doc is _UNPARSED or doc is None:
+            doc = orjson.loads(request_body)
+        want = doc.get("id") if isinstance(doc, dict) else None
+        if not isinstance(want, str):
+            return None
+        got = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        return None
+    got_id = got.get("id") if isinstance(got, dict) else None
+    if got_id is None or got_id == want:
+        return None
+    return f"{want[:64]!r} != {str(got_id)[:64]!r}"
 
 
 def json_field(doc: Any, key: str) -> str | None:
@@ -194,7 +234,7 @@ class Proxy:
         ts = self._wall()
         snapshot = self.live.snapshot
         request_id = request.headers.get("x-request-id") or ""
-        if not request_id or len(request_id) > _MAX_REQUEST_ID:
+        if not valid_request_id(request_id):
             request_id = self._next_id()
         if self.draining:
             return error_response(Draining("the router is shutting down"), request_id)
@@ -212,8 +252,11 @@ class Proxy:
         raw_path = request.raw_path.partition("?")[0]
         if raw_path == "/-/feedback":
             return await self._feedback(request, snapshot, request_id, ts)
-        found = routing.match(snapshot.routes, raw_path) \
-            if not _has_dot_segment(raw_path) else None
+        unsafe = unsafe_path(raw_path)
+        if unsafe is not None:
+            self.metrics.observe(UNMATCHED, None, "primary", 400, self._clock() - started)
+            return error_response(BadRequest(f"{unsafe}: not forwarded"), request_id)
+        found = routing.match(snapshot.routes, raw_path)
         if found is None:
             local = self._v2_server_endpoint(snapshot, request, raw_path)
             if local is not None:
@@ -356,6 +399,17 @@ class Proxy:
                 self.balancer.release(base, False, outlier)
                 ex.fallback_from, ex.reason = name, "fallback"
                 continue
+            if body is not None and route.protocol == "v2" and ex.request_body:
+                mismatch = answer_id_mismatch(ex.request_body, ex.doc, body)
+                if mismatch is not None:
+                    # Another request's answer (a lagging or duplicated one on a reused
+                    # connection): never hand it to this client, never reuse the connection.
+                    upstream.reject()
+                    self.balancer.release(base, False, outlier)
+                    err = translate(BadResponse(f"the answer's id is not the request's: "
+                                                f"{mismatch}"), name)
+                    self.metrics.upstream_error(route.name, name, err.kind)
+                    raise err
             headers_out = response_headers(upstream.headers)
             headers_out += (("x-request-id", ex.request_id), ("x-model-version", name),
                             ("x-model-route", route.name))

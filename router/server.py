@@ -4,14 +4,24 @@ A general-purpose web framework spends most of a proxy's budget on request objec
 readers and response preparation the router does not need. This server does exactly what the
 hot path needs, and the protections a public-facing proxy needs:
 
-- one request at a time per connection, pipelined requests answered in order;
+- one request at a time per connection, pipelined requests answered in order; a request
+  the parser refuses (malformed, an upgrade, a later pipelined one) is answered after the
+  ones read before it, never forwarded, and the connection closes;
 - the whole body read before the handler runs, bounded by ``max_body_mb``: a larger
   Content-Length (or a chunked body growing past it) is handed to the handler at once as
   ``too_large`` (it answers 413 with a record) and the connection closes without reading on;
-- ``client_timeout_s`` bounds idle keep-alive connections, slow headers (slowloris) and slow
-  bodies; header and URL size are bounded (431/414); llhttp rejects malformed requests and
-  Content-Length/Transfer-Encoding conflicts (400) before anything is forwarded;
-- ``Expect: 100-continue`` answered; HEAD, 204 and 304 answered without a body;
+- ``client_timeout_s`` bounds idle keep-alive connections, slow headers (slowloris), slow
+  bodies, and clients that stop reading their answers; header size, header count and URL size
+  are bounded (431/414); llhttp rejects malformed requests and Content-Length/
+  Transfer-Encoding conflicts (400) before anything is forwarded; only HTTP/1.0 and 1.1;
+- backpressure: after each answer the worker waits until the client has taken it (the
+  transport's high-water mark) before it answers the next one, and reading from the client
+  pauses meanwhile; queued pipelined requests are bounded in count and bytes. A client that
+  does not read costs about one answer of memory, and is cut off after ``client_timeout_s``
+  without write progress;
+- ``Expect: 100-continue`` answered only to HTTP/1.1 clients, only for the request being read
+  once the answers before it are out, never ahead of a 413; HEAD, 204 and 304 answered without
+  a body;
 - graceful shutdown: stop accepting, let busy connections finish (then close), close idle
   ones, abort what is left after the grace period.
 
@@ -37,8 +47,11 @@ import orjson
 log = logging.getLogger("model_router.server")
 
 MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_LINES = 100
 MAX_URL_BYTES = 16 * 1024
 MAX_PIPELINE = 16          # parsed requests waiting per connection before reading pauses
+MAX_PIPELINE_BYTES = 1 << 20   # ... or this many body bytes waiting
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _BODYLESS = (204, 304)
 
@@ -151,8 +164,36 @@ class Response:
 
 def json_response(status: int, data: Any, headers: Iterable[tuple[str, str]] = (),
                   close: bool = False) -> Response:
-    return Response(status, orjson.dumps(data),
-                    [("content-type", "application/json"), *headers], close=close)
+    try:
+        body = orjson.dumps(data)
+    except TypeError:  # a message quoting the client's invalid bytes (surrogate escapes)
+        body = orjson.dumps(_printable(data))
+    return Response(status, body, [("content-type", "application/json"), *headers],
+                    close=close)
+
+
+def _printable(data: Any) -> Any:
+    """``data`` with every string made encodable (invalid bytes as backslash escapes)."""
+    if isinstance(data, str):
+        return data.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(data, dict):
+        return {_printable(k): _printable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_printable(v) for v in data]
+    return data
+
+
+class Refusal:
+    """A request the server answers itself, in its turn, then closes: never forwarded."""
+
+    __slots__ = ("status", "message")
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<Refusal {self.status} {self.message}>"
 
 
 Handler = Callable[[Request, "Connection"], Awaitable["Response | None"]]
@@ -167,7 +208,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer: str | None = None
-        self.queue: collections.deque[Request] = collections.deque()
+        self.queue: collections.deque[Request | Refusal] = collections.deque()
+        self.queued_bytes = 0
         self.worker: asyncio.Task[None] | None = None
         self.closing = False
         self.busy = False
@@ -178,6 +220,7 @@ class Connection(asyncio.Protocol):
         self._write_ready: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._ignore_input = False
+        self._continue_pending = False  # 100 Continue owed once the answers before are out
         self._reset()
 
     def __repr__(self) -> str:
@@ -208,16 +251,17 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.waiting_since = None
         self._wake_worker()
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_result(None)
+        self.resume_writing()
 
     def pause_writing(self) -> None:
         self._write_ready = self.loop.create_future()
+        self._flow()
 
     def resume_writing(self) -> None:
-        if self._write_ready is not None and not self._write_ready.done():
-            self._write_ready.set_result(None)
-        self._write_ready = None
+        ready, self._write_ready = self._write_ready, None
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+        self._flow()
 
     def data_received(self, data: bytes) -> None:
         if self._ignore_input:
@@ -225,16 +269,36 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "protocol upgrades are not supported")
+            self._refuse(400, "protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             self._refuse(400, f"invalid HTTP request: {exc}")
+
+    def _flow(self) -> None:
+        """Read from the client only while it takes its answers and the queue has room."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        stop = self._write_ready is not None or len(self.queue) >= MAX_PIPELINE \
+            or self.queued_bytes > MAX_PIPELINE_BYTES
+        if stop != self._paused_reading:
+            self._paused_reading = stop
+            if stop:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
 
     # -- timeout ---------------------------------------------------------------------------
 
     def expire(self) -> None:
-        """The client kept the connection waiting past client_timeout_s: close it."""
+        """The client kept the router waiting past client_timeout_s: idle, slow to send, or
+        not reading its answer. Cut the connection (a close would wait for the client to
+        read what is buffered); the worker then gives up its answer and its slot."""
         self.waiting_since = None
-        if not self.busy and self.transport is not None:
+        if self.transport is None:
+            return
+        if self._write_ready is not None or self.transport.get_write_buffer_size():
+            self.abort()
+        elif not self.busy:
             self.transport.close()
 
     # -- httptools callbacks -----------------------------------------------------------------
@@ -257,8 +321,8 @@ class Connection(asyncio.Protocol):
         if self._ignore_input:
             return
         self._header_size += len(name) + len(value)
-        if self._header_size > MAX_HEADER_BYTES:
-            self._refuse(431, "the request headers are too large")
+        if self._header_size > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADER_LINES:
+            self._refuse(431, "the request headers are too large or too many")
             return
         self._headers.append((name.decode("latin-1"),
                               value.decode("utf-8", "surrogateescape")))
@@ -267,6 +331,7 @@ class Connection(asyncio.Protocol):
         if self._ignore_input:
             return
         limit = self.server.limits().max_body_bytes
+        expect = upgrade = False
         for name, value in self._headers:
             lname = name.lower()
             if lname == "content-length":
@@ -277,16 +342,27 @@ class Connection(asyncio.Protocol):
             elif lname == "transfer-encoding" and "chunked" in value.lower():
                 self._chunked = True
             elif lname == "expect" and value.lower() == "100-continue":
-                length = self._content_length
-                if (length is None or length <= limit) and self.transport is not None:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if self._content_length is not None and self._content_length > limit:
+                expect = True
+            elif lname == "connection" and "upgrade" in value.lower():
+                upgrade = True
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            self._refuse(505, f"HTTP/{version} is not supported")
+        elif upgrade or self.parser.should_upgrade():
+            self._refuse(400, "protocol upgrades are not supported")
+        elif self._content_length is not None and self._content_length > limit:
             self._too_large = True
             self._complete()
+        elif expect and version == "1.1":
+            if self.busy or self.queue:
+                self._continue_pending = True  # after the answers before it are out
+            elif self.transport is not None:
+                self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         if self._ignore_input:
             return
+        self._continue_pending = False  # the client did not wait for it
         self._body_size += len(body)
         if self._body_size > self.server.limits().max_body_bytes:
             self._too_large = True
@@ -304,6 +380,7 @@ class Connection(asyncio.Protocol):
 
     def _complete(self) -> None:
         """A request is ready (or refused as too large): queue it for the worker."""
+        self._continue_pending = False
         method = self.parser.get_method().decode("ascii", "replace")
         raw_path = b"".join(self._url).decode("utf-8", "surrogateescape")
         body = b"" if self._too_large else b"".join(self._body)
@@ -314,16 +391,19 @@ class Connection(asyncio.Protocol):
                           self._too_large, has_body, self._content_length, keep_alive)
         if not keep_alive:  # too large (never read the rest: 413, then close), or closing
             self._ignore_input = True
-        self.queue.append(request)
-        if len(self.queue) > MAX_PIPELINE and self.transport is not None:
-            self.transport.pause_reading()
-            self._paused_reading = True
+        self._enqueue(request)
+        self._reset()
+
+    def _enqueue(self, item: Request | Refusal) -> None:
+        self.queue.append(item)
+        if isinstance(item, Request):
+            self.queued_bytes += len(item.body)
+        self._flow()
         self.waiting_since = None
         if self.worker is None:
             self.worker = self.loop.create_task(self._work())
         else:
             self._wake_worker()
-        self._reset()
 
     def _wake_worker(self) -> None:
         waiter, self._next = self._next, None
@@ -341,31 +421,42 @@ class Connection(asyncio.Protocol):
                 if not self.queue:
                     if self.closing:
                         return
+                    if self._continue_pending:
+                        self._continue_pending = False
+                        self._write(_CONTINUE)
                     self.waiting_since = self.loop.time()
                     self._next = self.loop.create_future()
                     await self._next
                     continue
-                request = self.queue.popleft()
-                keep_alive = request.keep_alive
-                if self._paused_reading and len(self.queue) <= MAX_PIPELINE // 2 \
-                        and self.transport is not None:
-                    self.transport.resume_reading()
-                    self._paused_reading = False
+                item = self.queue.popleft()
+                if isinstance(item, Refusal):
+                    self.send(json_response(item.status, {"error": item.message,
+                                                          "code": "bad_request"}), close=True)
+                    self.close()
+                    return
+                self.queued_bytes -= len(item.body)
+                self._flow()
+                keep_alive = item.keep_alive
                 self.busy = True
                 try:
-                    response = await self.server.handler(request, self)
-                except Exception:  # noqa: BLE001 - a request never kills the router
-                    log.exception("unhandled error answering %r", request)
-                    response = json_response(500, {"error": "internal router error",
-                                                   "code": "internal"}, close=True)
+                    try:
+                        response = await self.server.handler(item, self)
+                    except Exception:  # noqa: BLE001 - a request never kills the router
+                        log.exception("unhandled error answering %r", item)
+                        response = json_response(500, {"error": "internal router error",
+                                                       "code": "internal"}, close=True)
+                    if response is not None:
+                        self.send(response, item.method == "HEAD",
+                                  close=not keep_alive or response.close or self.closing)
+                    if self._write_ready is not None:
+                        await self.drained()
                 finally:
                     self.busy = False
-                if response is not None:
-                    self.send(response, request.method == "HEAD",
-                              close=not keep_alive or response.close or self.closing)
                 if not keep_alive or self.closing or (response is not None and response.close):
                     self.close()
                     return
+        except ConnectionError:
+            return  # cut off while the client was not reading: nothing left to answer
         finally:
             self.worker = None
             self._next = None
@@ -390,6 +481,25 @@ class Connection(asyncio.Protocol):
         lines.append("\r\n")
         return "".join(lines).encode("utf-8", "surrogateescape")
 
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    async def drained(self) -> None:
+        """Wait until the client has taken what is buffered (below the high-water mark).
+
+        Counted as waiting on the client: the server's sweep cuts the connection after
+        client_timeout_s without write progress (ConnectionResetError here then).
+        """
+        while self._write_ready is not None:
+            self.waiting_since = self.loop.time()
+            try:
+                await self._write_ready
+            finally:
+                self.waiting_since = None
+        if self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+
     def send(self, response: Response, head_only: bool = False, close: bool = False) -> None:
         """Write a complete answer."""
         transport = self.transport
@@ -409,6 +519,7 @@ class Connection(asyncio.Protocol):
             self.transport.write(self._head(status, headers, content_length, self.closing))
 
     async def write_chunk(self, data: bytes) -> None:
+        """Write a piece of a streamed answer; waits while the client is not reading."""
         transport = self.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
@@ -417,7 +528,7 @@ class Connection(asyncio.Protocol):
         else:
             transport.write(data)
         if self._write_ready is not None:
-            await self._write_ready
+            await self.drained()
 
     def end_stream(self) -> None:
         if self._stream_chunked and self.transport is not None and \
@@ -425,14 +536,15 @@ class Connection(asyncio.Protocol):
             self.transport.write(b"0\r\n\r\n")
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer a request the parser refused, and close: nothing was forwarded."""
+        """Refuse what the client sent from here on: the requests read before it are
+        answered first, in order, then this refusal, then the connection closes. Nothing
+        of the refused request is forwarded."""
+        if self._ignore_input:
+            return
         self._ignore_input = True
         if self.transport is None or self.transport.is_closing():
             return
-        if not self.busy and not self.queue:
-            self.send(json_response(status, {"error": message, "code": "bad_request"}),
-                      close=True)
-        self.close()
+        self._enqueue(Refusal(status, message))
 
     def close(self) -> None:
         self.closing = True

@@ -86,9 +86,9 @@ HOSTILE = [
      b"400"),
     ("absolute_form_uri", b"GET http://evil.example/steal HTTP/1.1\r\nHost: evil.example"
      b"\r\n\r\n", b"404"),
-    ("dot_dot_path", b"GET /raw/../../etc/passwd HTTP/1.1\r\nHost: r\r\n\r\n", b"404"),
+    ("dot_dot_path", b"GET /raw/../../etc/passwd HTTP/1.1\r\nHost: r\r\n\r\n", b"400"),
     ("encoded_dot_dot", b"GET /raw/%2e%2e/%2E%2E/admin HTTP/1.1\r\nHost: r\r\n\r\n",
-     b"404"),
+     b"400"),
 ]
 
 
