@@ -4,6 +4,10 @@ PyYAML resolves plain scalars by YAML 1.1 rules, where ``off``/``no``/``yes`` ar
 ``2026-09-02`` is a date and ``012`` is octal. Config files here follow YAML 1.2: only
 ``true``/``false`` are booleans, dates stay strings, and a duplicated key is an error rather
 than a silent overwrite.
+
+Aliases are capped: a document whose aliases would add more than ``MAX_EXPANDED_NODES``
+values by expansion (an "alias bomb": 825 bytes can name 10^8 leaves), or an alias
+inside its own anchor (a cycle), is refused before anything walks the tree.
 """
 
 from __future__ import annotations
@@ -14,6 +18,17 @@ from typing import Any
 import yaml
 
 _Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+MAX_EXPANDED_NODES = 100_000  # values aliases may add to a document by expansion
+
+
+class AliasError(yaml.YAMLError):
+    """Aliases that expand without bound (a bomb) or refer to themselves (a cycle)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = None
 
 
 class Loader(_Base):  # type: ignore[misc, valid-type]
@@ -52,6 +67,62 @@ Loader.add_implicit_resolver(
 Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
 
 
+def expanded_size(root: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
+    """Values in a composed document as if every alias were copied.
+
+    Aliased nodes are shared objects in the node graph, so each is sized once (memoized by
+    identity): linear in the file, whatever the expansion. Raises ``AliasError`` on a cycle,
+    or as soon as aliases push the expanded size past ``limit``.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            if isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = node.value
+            total = 1 + sum(sizes[id(c)] for c in children)
+            sizes[key] = total
+            # A subtree without aliases holds at most every node sized so far: anything
+            # beyond that was added by aliases.
+            if total > len(sizes) + limit:
+                raise AliasError(f"aliases expand this document by more than {limit} values "
+                                 "(an alias bomb?); write the values out or use fewer aliases")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise AliasError("an alias refers to a value that contains it (a cycle)")
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        open_nodes.add(key)
+        stack.append((node, True))
+        children = [n for pair in node.value for n in pair] \
+            if isinstance(node, yaml.MappingNode) else node.value
+        for child in children:
+            if id(child) not in sizes:
+                stack.append((child, False))
+    return sizes[id(root)]
+
+
 def loads(text: str | bytes) -> Any:
-    """Parse one YAML document; raises ``yaml.YAMLError`` with a line and column."""
-    return yaml.load(text, Loader=Loader)  # noqa: S506 - Loader is a SafeLoader
+    """Parse one YAML document; raises ``yaml.YAMLError`` with a line and column.
+
+    The document is composed first and sized (``expanded_size``) before any value is built,
+    so an alias bomb or cycle costs time linear in the file and raises ``AliasError``.
+    """
+    loader = Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
