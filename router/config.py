@@ -473,9 +473,28 @@ def _prefix(p: Problems, path: str, raw: Any) -> str | None:
     return prefix
 
 
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")      # an HTTP header name (RFC 9110)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")          # CR, LF, NUL...; tab is allowed
+
+
+def _control(text: str) -> str | None:
+    """The name of the first control character in ``text`` (it would end a header line or
+    the request line sent upstream and start one of its own), or None."""
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    char = found.group()
+    return {"\r": "CR", "\n": "LF", "\x00": "NUL"}.get(char, f"control character {char!r}")
+
+
 def _url(p: Problems, path: str, raw: Any) -> str | None:
     url = p.string(path, raw)
     if url is None:
+        return None
+    # urlsplit quietly drops CR, LF and tab; the URL sent upstream would still carry them.
+    if (bad := _control(url)) is not None or any(c in url for c in " \t"):
+        p.error(path, f"URL contains {bad or 'whitespace'}; it would inject into every "
+                "upstream request")
         return None
     try:
         parts = urlsplit(url)
@@ -539,13 +558,26 @@ def _version(p: Problems, path: str, name: str, raw: Any, registry: Registry,
     if "headers" in spec:
         hspec = p.mapping(join(path, "headers"), spec["headers"]) or {}
         for hname, hvalue in hspec.items():
-            value = p.string(join(join(path, "headers"), str(hname)), hvalue)
-            if isinstance(hname, str) and value is not None:
-                if "\n" in value or "\r" in value:
-                    p.error(join(join(path, "headers"), hname), "header value has a line break")
-                else:
-                    headers.append((hname.lower(), value))
+            name_ok = isinstance(hname, str) and _TOKEN.fullmatch(hname) is not None
+            # A name that is no token is shown quoted: its CR or LF must not split the error.
+            hpath = join(join(path, "headers"), hname if name_ok else repr(hname))
+            value = p.string(hpath, hvalue)
+            if not isinstance(hname, str) or value is None:
+                continue
+            if not name_ok:
+                p.error(hpath, "header name must be a token (letters, digits, !#$%&'*+-.^_`|~)")
+            elif (bad := _control(value)) is not None:
+                # The value is not shown: it may hold an expanded ${SECRET}.
+                p.error(hpath, f"header value contains {bad}; it would inject into every "
+                        "upstream request")
+            else:
+                headers.append((hname.lower(), value))
     host = p.string(join(path, "host"), spec["host"]) if "host" in spec else None
+    if host is not None and ((bad := _control(host)) is not None or not host.strip()
+                             or any(c in host for c in " \t/?#@")):
+        p.error(join(path, "host"), f"must be a host[:port], got {bad or repr(host)}; it is "
+                "sent as the Host header of every upstream request")
+        host = None
     tls = _tls(p, join(path, "tls"), spec["tls"], base) if "tls" in spec else None
     entry = registry.version(model, name) if model else None
     if not urls:
