@@ -1,7 +1,14 @@
 """The admin server (its own port, 127.0.0.1 by default): health, config, reload, metrics.
 
-With ``admin.token_env`` naming a set variable, every POST needs ``Authorization: Bearer``
-with that token, compared in constant time.
+POSTs change what serves traffic, so each one must show it is not a web page's doing:
+- an ``Origin`` header, when present, must be the admin port's own (``http://127.0.0.1:P``,
+  ``http://localhost:P``, ``http://[::1]:P``; with a token also the ``Host`` it was reached
+  at), else 403: a page an operator opens elsewhere cannot drive the API;
+- ``Content-Type: application/json``, else 415: a cross-origin "simple" request (text/plain,
+  forms) is never one, so a browser must ask first (CORS preflight), which this server denies;
+- with ``admin.token_env``, ``Authorization: Bearer <token>`` compared in constant time, else
+  401. The config refuses a ``token_env`` naming an unset or empty variable; should the
+  variable vanish anyway, POSTs are refused, never let through.
 """
 
 from __future__ import annotations
@@ -26,12 +33,31 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 def _authorized(app: RouterApp, request: web.Request) -> bool:
     env_name = app.live.snapshot.admin.token_env
-    token = os.environ.get(env_name) if env_name else None
+    if not env_name:
+        return True  # no token configured: the config allows that on loopback only
+    token = os.environ.get(env_name)
     if not token:
-        return True
+        return False
     given = request.headers.get("Authorization", "")
     expected = f"Bearer {token}"
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _own_origin(app: RouterApp, request: web.Request) -> bool:
+    """No Origin (curl, the CLI), or the admin port's own origin."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.strip().lower()
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sockname[1] if sockname else None
+    own = {f"http://{host}:{port}" for host in ("127.0.0.1", "localhost", "[::1]")}
+    # The Host it was reached at (a Service name, a proxy) counts only with a token: without
+    # one the port is loopback-only, and a Host that is not loopback means DNS rebinding.
+    if app.live.snapshot.admin.token_env and request.host:
+        own.add(f"http://{request.host.lower()}")
+        own.add(f"https://{request.host.lower()}")
+    return origin in own
 
 
 def build_admin(app: RouterApp) -> web.Application:
@@ -39,7 +65,15 @@ def build_admin(app: RouterApp) -> web.Application:
 
     @web.middleware
     async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.method == "POST" and not _authorized(app, request):
+        if request.method != "POST":
+            return await handler(request)
+        if not _own_origin(app, request):
+            return _json({"error": f"admin POSTs from origin {request.headers['Origin']!r} "
+                          "are refused", "code": "forbidden_origin"}, 403)
+        if request.content_type != "application/json":
+            return _json({"error": "admin POSTs need Content-Type: application/json",
+                          "code": "unsupported_media_type"}, 415)
+        if not _authorized(app, request):
             return _json({"error": "admin token required", "code": "unauthorized"}, 401)
         return await handler(request)
 

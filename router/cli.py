@@ -321,8 +321,11 @@ def _rollout(args: argparse.Namespace) -> int:
         if not args.route:
             print(f"rollout {args.action} needs a ROUTE", file=sys.stderr)
             return 2
+        # JSON, as the admin API requires of every POST (a browser's form cannot send it).
         request = urllib.request.Request(f"{base}/-/rollouts/{args.route}/{args.action}",
-                                         data=b"", method="POST", headers=headers)
+                                         data=b"{}", method="POST",
+                                         headers={**headers,
+                                                  "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             body = orjson.loads(resp.read())

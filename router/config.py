@@ -9,6 +9,7 @@ computed: bucket bounds, lower-cased header names, parsed URLs, TLS contexts.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 import ssl
@@ -327,7 +328,7 @@ def load_snapshot(path: str | Path, *, source: str = "file",
 
     listen = _listen(rp, top.get("listen", {}))
     limits = _limits(rp, top.get("limits", {}))
-    admin = _admin(rp, top.get("admin", {}))
+    admin = _admin(rp, top.get("admin", {}), env)
     state_dir = base / (rp.string("state_dir", top["state_dir"]) or "state") \
         if "state_dir" in top else base / "state"
     predlog = _prediction_log(rp, top.get("prediction_log", {}), base)
@@ -376,11 +377,30 @@ def _limits(p: Problems, raw: Any) -> Limits:
     return Limits(**values)
 
 
-def _admin(p: Problems, raw: Any) -> Admin:
+def loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a port on this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
+
+
+def _admin(p: Problems, raw: Any, env: Mapping[str, str]) -> Admin:
+    """Fail closed: a token_env that names no token, or an open admin port without one, is
+    an error rather than an admin API anyone can POST to."""
     spec = p.mapping("admin", raw, ("host", "port", "token_env")) or {}
     host = p.string("admin.host", spec["host"]) if "host" in spec else None
     port = _port(p, "admin.port", spec["port"]) if "port" in spec else None
     token_env = p.string("admin.token_env", spec["token_env"]) if "token_env" in spec else None
+    if token_env is not None and not env.get(token_env):
+        state = "empty" if token_env in env else "not set"
+        p.error("admin.token_env", f"environment variable {token_env} is {state}: admin POSTs "
+                "would need no token; set it, or remove token_env (loopback admin only)")
+    elif token_env is None and host and not loopback(host):
+        p.error("admin.host", f"{host} is not a loopback address and the admin API has no "
+                "token: set admin.token_env, or bind 127.0.0.1")
     return Admin(host=host or "127.0.0.1", port=9090 if port is None else port,
                  token_env=token_env)
 

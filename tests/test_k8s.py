@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from router.cli import build_parser
 from router.config import load_snapshot
+from router.errors import ConfigError
 
 K8S = Path(__file__).resolve().parents[1] / "config" / "k8s"
 
@@ -32,15 +34,24 @@ def test_manifests_are_consistent_with_the_router(tmp_path: Path) -> None:
     mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
     assert config_path.parent == Path(mount["mountPath"])
 
-    # the mounted ConfigMap passes `model-router check`
+    # the mounted ConfigMap passes `model-router check` with the pod's environment
     folder = tmp_path / "etc"
     folder.mkdir()
     for name, text in docs["ConfigMap"]["data"].items():
         (folder / name).write_text(text)
-    snapshot = load_snapshot(folder / config_path.name, env={})
+    pod_env = {e["name"]: "from-the-secret" for e in container["env"]}
+    snapshot = load_snapshot(folder / config_path.name, env=pod_env)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == snapshot.listen.port and ports["admin"] == snapshot.admin.port
     assert snapshot.listen.host == "0.0.0.0"
+
+    # the admin port listens on the pod IP, so its token is required: the secret key is not
+    # optional, and a pod without it would refuse its config rather than open the admin API
+    assert snapshot.admin.host == "0.0.0.0" and snapshot.admin.token_env
+    token = next(e for e in container["env"] if e["name"] == snapshot.admin.token_env)
+    assert not token["valueFrom"]["secretKeyRef"].get("optional", False)
+    with pytest.raises(ConfigError, match=r"admin\.token_env: environment variable"):
+        load_snapshot(folder / config_path.name, env={})
 
     # probes and scraping hit endpoints the admin server serves
     from router.admin import build_admin

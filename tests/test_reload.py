@@ -95,9 +95,10 @@ async def test_api_reload_and_token(tmp_path: Path, upstreams, start_router, cli
     path = write_config(tmp_path, [route(urls, split={"v1": 100, "v2": 0})],
                         admin={"host": "127.0.0.1", "port": 0, "token_env": "TEST_ADMIN_TOKEN"})
     app = await start_router(path, watch_interval=60)  # the API, not the watcher, reloads
-    async with client.post(admin_url(app, "/-/reload")) as resp:
+    json = {"Content-Type": "application/json"}  # the admin API takes JSON POSTs only
+    async with client.post(admin_url(app, "/-/reload"), headers=json) as resp:
         assert resp.status == 401
-    auth = {"Authorization": "Bearer t0k3n"}
+    auth = {"Authorization": "Bearer t0k3n", **json}
     rewrite(path, set_split(100, 5))
     async with client.post(admin_url(app, "/-/reload"), headers=auth) as resp:
         assert resp.status == 422

@@ -185,7 +185,7 @@ async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_
 
     again = await start_router(path, rollout_clock=clock, run_rollouts=False)
     assert again.rollouts.states["fraud"].weight == 50  # resumed at the same step
-    async with client.post(admin_url(again, "/-/rollouts/fraud/pause")) as resp:
+    async with client.post(admin_url(again, "/-/rollouts/fraud/pause"), json={}) as resp:
         assert resp.status == 200 and (await resp.json())["status"] == "paused"
     await send(client, again, 300)
     clock.now += 120
@@ -194,9 +194,9 @@ async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_
     async with client.get(admin_url(again, "/-/rollouts")) as resp:
         status = (await resp.json())[0]
     assert status["status"] == "paused" and status["canary"] == "v2"
-    async with client.post(admin_url(again, "/-/rollouts/fraud/resume")) as resp:
+    async with client.post(admin_url(again, "/-/rollouts/fraud/resume"), json={}) as resp:
         assert resp.status == 200
-    async with client.post(admin_url(again, "/-/rollouts/nope/abort")) as resp:
+    async with client.post(admin_url(again, "/-/rollouts/nope/abort"), json={}) as resp:
         assert resp.status == 404
 
     # Editing elsewhere keeps the rollout; editing the block restarts it.

@@ -145,7 +145,7 @@ async def test_no_secret_reaches_log_config_or_history(tmp_path: Path, upstreams
         assert resp.status == 200
     assert got_auth == ["Bearer tok-SECRET-v1"]  # the upstream did get its credential
     async with client.post(admin_url(app, "/-/reload"),
-                           headers={"Authorization": "Bearer admin-SECRET"}) as resp:
+                           headers={"Authorization": "Bearer admin-SECRET"}, json={}) as resp:
         assert resp.status == 200
     async with client.get(admin_url(app, "/-/config")) as resp:
         config_text = await resp.text()
