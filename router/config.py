@@ -26,7 +26,7 @@ import yaml
 from . import yaml12
 from .errors import ConfigError
 from .problems import Problems, join, nearest
-from .registry import EMPTY, Registry, gate, parse_registry
+from .registry import EMPTY, Registry, gate, load_baselines, parse_registry
 from .validation import Validator
 
 Protocol = Literal["v2", "json", "raw"]
@@ -230,6 +230,8 @@ class Snapshot:
     routes: tuple[Route, ...]             # longest prefix first
     registry: Registry
     warnings: tuple[str, ...] = field(default=())
+    # Drift baselines named by the registry, read and checked with the config (off the loop)
+    baselines: Mapping[Path, Mapping[str, Any]] = field(default_factory=dict)
 
     def route(self, name: str) -> Route | None:
         for r in self.routes:
@@ -294,6 +296,8 @@ def load_snapshot(path: str | Path, *, source: str = "file",
 
     ``files`` (name -> bytes) replaces reading router.yaml/registry.yaml from disk: workers
     compile exactly the revision their supervisor validated, whatever the disk holds now.
+    Reads files (the drift baselines too): blocking, so a serving process calls it in a
+    thread.
     """
     env = os.environ if env is None else env
     path = Path(path)
@@ -309,6 +313,7 @@ def load_snapshot(path: str | Path, *, source: str = "file",
 
     files = {path.name: router_raw}
     registry = EMPTY
+    baselines: dict[Path, dict[str, Any]] = {}
     registry_problems: list[str] = []
     registry_warnings: list[str] = []
     if "registry" in top:
@@ -324,6 +329,8 @@ def load_snapshot(path: str | Path, *, source: str = "file",
             if not gp.errors:
                 reg_tree = _expand_env(gp, "", reg_tree, env)
                 registry = parse_registry(gp, reg_tree, reg_path.parent)
+            if not gp.errors:
+                baselines = load_baselines(gp, registry)
             registry_problems, registry_warnings = gp.errors, gp.warnings
 
     listen = _listen(rp, top.get("listen", {}))
@@ -343,7 +350,8 @@ def load_snapshot(path: str | Path, *, source: str = "file",
                     path=path, files=files, listen=listen, limits=limits, admin=admin,
                     state_dir=state_dir, prediction_log=predlog,
                     routes=tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True)),
-                    registry=registry, warnings=tuple(rp.warnings + registry_warnings))
+                    registry=registry, warnings=tuple(rp.warnings + registry_warnings),
+                    baselines=baselines)
 
 
 # -- sections ----------------------------------------------------------------------------------

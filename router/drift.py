@@ -69,14 +69,10 @@ def feature_psi(values: Iterable[Any], spec: dict[str, Any]) -> float | None:
     return psi([seen.get(k, 0) / n for k in keys], [fractions.get(k, 0.0) for k in keys])
 
 
-def load_baseline(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    try:
-        return orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
-        log.warning("cannot read baseline %s: %s", path, exc)
-        return None
+def _baseline(snapshot: Snapshot, path: Path | None) -> Any:
+    """The baseline at ``path`` as the config loader read and checked it (never the disk:
+    this runs on the event loop)."""
+    return snapshot.baselines.get(path) if path is not None else None
 
 
 def control_version(route: Route) -> str:
@@ -159,7 +155,7 @@ class DriftMonitor:
         return f"<DriftMonitor inputs={len(self.inputs)} outputs={len(self.outputs)}>"
 
     def configure(self, snapshot: Snapshot) -> None:
-        """Build windows for a newly applied snapshot (baselines read once, here)."""
+        """Build windows for a newly applied snapshot (from the baselines it carries)."""
         if snapshot.revision == self._revision:
             return
         self._revision = snapshot.revision
@@ -169,14 +165,14 @@ class DriftMonitor:
             if route.model is None:
                 continue
             control = snapshot.registry.version(route.model, control_version(route))
-            base = load_baseline(control.baseline if control else None)
+            base = _baseline(snapshot, control.baseline if control else None)
             if base:
                 old = self.inputs.get(route.name)
                 inputs[route.name] = old if old and old.baseline == base \
                     else _Window(base, route.drift.window_rows)
             for name in route.versions:
                 entry = snapshot.registry.version(route.model, name)
-                out_base = load_baseline(entry.output_baseline if entry else None)
+                out_base = _baseline(snapshot, entry.output_baseline if entry else None)
                 if out_base:
                     old = self.outputs.get((route.name, name))
                     outputs[(route.name, name)] = old if old and old.baseline == out_base \

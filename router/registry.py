@@ -1,16 +1,23 @@
 """The model registry: feature schemas and model versions, one source of truth.
 
 ``parse_registry`` reads registry.yaml into frozen values; every problem is collected with
-file and path. The route-level checks that use it live in config.py.
+file and path. ``load_baselines`` reads and checks the drift baselines it names (called by
+the config loader, which runs off the event loop). The route-level checks that use it live
+in config.py.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .problems import Problems, join
+import orjson
+
+from .problems import Problems, describe, join
 
 FieldType = Literal["float", "int", "string", "bool"]
 FIELD_TYPES = ("float", "int", "string", "bool")
@@ -179,6 +186,140 @@ def parse_registry(p: Problems, tree: Any, base: Path) -> Registry:
                     versions[vname] = parsed_v
         models[mname] = versions
     return Registry(schemas=schemas, models=models)
+
+
+# -- drift baselines ---------------------------------------------------------------------------
+
+MAX_BASELINE_BYTES = 64 * 1024 * 1024
+_BASELINE_KEYS = frozenset({"schema", "rows", "features"})
+_FEATURE_KEYS = {"numeric": frozenset({"kind", "edges", "fractions"}),
+                 "categorical": frozenset({"kind", "fractions"})}
+_SHOWN_PROBLEMS = 5     # per file: a wrong file needs no thousand lines to be fixed
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def read_baseline(path: Path, limit: int = MAX_BASELINE_BYTES) -> Any:
+    """The parsed JSON of a baseline file; raises ``ValueError`` with the reason.
+
+    Only a regular file of at most ``limit`` bytes is read: a FIFO would block the reader
+    until something writes to it, a device (/dev/zero) never ends. The file is opened
+    non-blocking and checked again through its descriptor, so one swapped in after the first
+    check is refused too. Blocking I/O: call it off the event loop.
+    """
+    try:
+        before = os.stat(path)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(before.st_mode):
+        raise ValueError(f"{path} is {_file_kind(before.st_mode)}, not a regular file")
+    if before.st_size > limit:
+        raise ValueError(f"{path} is {before.st_size} bytes, over the {limit} byte limit")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path} is {_file_kind(mode)}, not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is over the {limit} byte limit")
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:
+    return _finite(value) and 0 <= value <= 1
+
+
+def baseline_problems(doc: Any) -> list[str]:
+    """What keeps ``doc`` from being a baseline of DESIGN.md "Monitoring files" (the shape
+    drift relies on: it bins live values with these edges and compares these fractions)."""
+    if not isinstance(doc, dict):
+        return [f"expected a JSON object with features, got {describe(doc)}"]
+    out = [f"{key}: unknown key; allowed: features, rows, schema"
+           for key in doc if key not in _BASELINE_KEYS]
+    if "schema" in doc and not isinstance(doc["schema"], str):
+        out.append(f"schema: expected a string, got {describe(doc['schema'])}")
+    if "rows" in doc and not (_finite(doc["rows"]) and doc["rows"] >= 0):
+        out.append(f"rows: expected a count, got {describe(doc['rows'])}")
+    features = doc.get("features")
+    if not isinstance(features, dict):
+        return out + [f"features: expected an object, got {describe(features)}"]
+    for name, spec in features.items():
+        where = f"features.{name}"
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in _FEATURE_KEYS:
+            out.append(f"{where}: expected an object with kind numeric or categorical")
+            continue
+        out += [f"{where}.{key}: unknown key; allowed: " + ", ".join(sorted(_FEATURE_KEYS[kind]))
+                for key in spec if key not in _FEATURE_KEYS[kind]]
+        fractions = spec.get("fractions")
+        if kind == "categorical":
+            if not isinstance(fractions, dict) or not fractions \
+                    or not all(_fraction(v) for v in fractions.values()):
+                out.append(f"{where}.fractions: expected an object of category -> fraction "
+                           "(0 to 1), at least one")
+            continue
+        edges = spec.get("edges")
+        if not isinstance(edges, list) or len(edges) < 2 or not all(map(_finite, edges)):
+            out.append(f"{where}.edges: expected a list of at least 2 finite numbers")
+        elif any(b <= a for a, b in zip(edges, edges[1:])):
+            out.append(f"{where}.edges: must increase")
+        elif not isinstance(fractions, list) or len(fractions) != len(edges) - 1 \
+                or not all(map(_fraction, fractions)):
+            out.append(f"{where}.fractions: expected {len(edges) - 1} fractions (0 to 1), "
+                       f"one per bin between the {len(edges)} edges")
+    return out
+
+
+def load_baselines(p: Problems, registry: Registry) -> dict[Path, dict[str, Any]]:
+    """Read and check every baseline and output_baseline the registry names (each file once).
+
+    A missing, irregular, oversized, unreadable or misshapen file is an error of the version
+    that names it, as with any config error. Blocking I/O: call it off the event loop.
+    """
+    loaded: dict[Path, dict[str, Any]] = {}
+    failed: dict[Path, list[str]] = {}
+    for model, versions in registry.models.items():
+        for name, entry in versions.items():
+            for key in ("baseline", "output_baseline"):
+                path = getattr(entry, key)
+                if path is None:
+                    continue
+                if path not in loaded and path not in failed:
+                    try:
+                        doc = read_baseline(path)
+                        problems = [f"{path.name}: {reason}" for reason in baseline_problems(doc)]
+                    except ValueError as exc:
+                        problems = [str(exc)]
+                    if problems:
+                        failed[path] = problems
+                    else:
+                        loaded[path] = doc
+                problems = failed.get(path, [])
+                where = join(join(join(join("models", model), "versions"), name), key)
+                for reason in problems[:_SHOWN_PROBLEMS]:
+                    p.error(where, reason)
+                if len(problems) > _SHOWN_PROBLEMS:
+                    p.error(where, f"{len(problems) - _SHOWN_PROBLEMS} more problems")
+    return loaded
 
 
 # -- the deploy-time gate ----------------------------------------------------------------------

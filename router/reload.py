@@ -72,7 +72,10 @@ class Reloader:
         self.metrics.applied(snapshot)
         self.history.applied(snapshot, snapshot.loaded_at)
         for callback in self.on_applied:
-            callback(snapshot)
+            try:
+                callback(snapshot)
+            except Exception:  # noqa: BLE001 - an observer never undoes or fails an apply
+                log.exception("on_applied callback %r failed", callback)
         for warning in snapshot.warnings:
             log.warning("%s", warning)
         log.info("config %s applied (source %s)", snapshot.revision, snapshot.source)
