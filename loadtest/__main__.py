@@ -101,7 +101,11 @@ class Proc:
         self.proc = subprocess.Popen(argv, cwd=cwd or ROOT, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         self.port = port
-        wait_port(port)
+        try:
+            wait_port(port)
+        except RuntimeError:  # never started listening: stop it rather than leak it
+            self.stop()
+            raise
 
     @property
     def pid(self) -> int:
