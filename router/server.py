@@ -35,6 +35,8 @@ import asyncio
 import collections
 import http
 import logging
+import socket
+import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
@@ -52,6 +54,7 @@ MAX_URL_BYTES = 16 * 1024
 MAX_PIPELINE = 16          # parsed requests waiting per connection before reading pauses
 MAX_PIPELINE_BYTES = 1 << 20   # ... or this many body bytes waiting
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LINGER_RESET = struct.pack("ii", 1, 0)   # SO_LINGER on, 0 s: close() sends a reset
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 _BODYLESS = (204, 304)
 
@@ -297,7 +300,7 @@ class Connection(asyncio.Protocol):
         if self.transport is None:
             return
         if self._write_ready is not None or self.transport.get_write_buffer_size():
-            self.abort()
+            self.abort(reset=True)
         elif not self.busy:
             self.transport.close()
 
@@ -553,11 +556,23 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def abort(self) -> None:
-        """Cut the connection (a broken upstream stream: the status line is gone)."""
+    def abort(self, reset: bool = False) -> None:
+        """Cut the connection (a broken upstream stream: the status line is gone).
+
+        ``reset`` sends a TCP reset: the kernel drops what the client never read at once,
+        instead of keeping it queued (megabytes) behind a FIN the client never reaches.
+        """
         self.closing = True
-        if self.transport is not None:
-            self.transport.abort()
+        if self.transport is None:
+            return
+        if reset:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass  # already gone
+        self.transport.abort()
 
     def shutdown(self) -> None:
         """Close now if idle; otherwise close after the answer in progress."""
