@@ -29,6 +29,7 @@ V2_DATATYPES = {
     "bool": frozenset({"BOOL"}),
 }
 _MISSING = object()
+MAX_DIMS = 64              # nesting of V2 ``data`` accepted (numpy's own limit)
 
 
 def _shown(value: Any) -> Any:
@@ -87,15 +88,37 @@ def compile_check(f: Field) -> Check:
     return check
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any) -> list[Any] | None:
+    """The values of V2 ``data`` in row-major order; None when nested over MAX_DIMS deep.
+
+    A list whose first item is not a list holds values. The walk keeps its own stack, so a
+    hostile nesting is a violation, never a RecursionError.
+    """
     if not isinstance(data, list):
         return [data]
     if not data or not isinstance(data[0], list):
         return data
     out: list[Any] = []
-    for item in data:
-        out.extend(_flatten(item))
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if not isinstance(item, list):
+                out.append(item)
+            elif not item or not isinstance(item[0], list):
+                out.extend(item)
+            elif len(stack) + 1 >= MAX_DIMS:
+                return None
+            else:
+                stack.append(iter(item))  # descend; this level resumes where it stopped
+                break
+        else:
+            stack.pop()
     return out
+
+
+def _too_deep(field: str | None) -> Violation:
+    return {"field": field, "kind": "shape", "expected": f"data nested at most {MAX_DIMS} deep",
+            "got": f"nested over {MAX_DIMS} deep", "row": None}
 
 
 class Validator:
@@ -228,6 +251,9 @@ class Validator:
                                 "got": None, "row": None})
                 continue
             data = _flatten(tensor.get("data"))
+            if data is None:
+                out.append(_too_deep(name))
+                continue
             shape = tensor.get("shape")
             if tensor.get("datatype") not in datatypes:
                 out.append({"field": name, "kind": "datatype", "expected": sorted(datatypes),
@@ -257,6 +283,9 @@ class Validator:
         shape = tensor.get("shape")
         width = len(self.checks)
         data = _flatten(tensor.get("data"))
+        if data is None:
+            out.append(_too_deep(None))
+            return out
         if not (isinstance(shape, list) and len(shape) == 2 and shape[1] == width
                 and self._shape_ok(shape, len(data))):
             out.append({"field": None, "kind": "shape",
