@@ -34,6 +34,7 @@ log = logging.getLogger("model_router.drift")
 EPS = 1e-4
 OTHER = "__other__"
 INTERVAL_S = 5.0
+MAX_NESTING = 64           # values nested deeper are not features: skipped
 
 
 def psi(live: list[float], base: list[float]) -> float:
@@ -83,20 +84,25 @@ def control_version(route: Route) -> str:
 
 
 def input_columns(doc: Any, protocol: str) -> dict[str, list[Any]]:
-    """Feature name -> values of one request body (v2 named inputs, json rows/columns)."""
+    """Feature name -> values of one request body (v2 named inputs, json rows/columns).
+
+    A feature whose values nest over MAX_NESTING deep is left out (never raised).
+    """
     out: dict[str, list[Any]] = {}
     if not isinstance(doc, dict):
         rows = doc if isinstance(doc, list) else []
     elif protocol == "v2":
         for tensor in doc.get("inputs") or []:
             if isinstance(tensor, dict) and isinstance(tensor.get("name"), str):
-                data = tensor.get("data")
-                out[tensor["name"]] = _flat(data)
+                values = _flat(tensor.get("data"))
+                if values is not None:
+                    out[tensor["name"]] = values
         return out
     elif isinstance(doc.get("instances"), list):
         rows = doc["instances"]
     elif isinstance(doc.get("inputs"), dict):
-        return {k: _flat(v) for k, v in doc["inputs"].items()}
+        return {k: values for k, v in doc["inputs"].items()
+                if (values := _flat(v)) is not None}
     elif isinstance(doc.get("inputs"), list):
         rows = doc["inputs"]
     else:
@@ -104,7 +110,8 @@ def input_columns(doc: Any, protocol: str) -> dict[str, list[Any]]:
     for row in rows:
         if isinstance(row, dict):
             for k, v in row.items():
-                out.setdefault(k, []).append(v)
+                if not isinstance(v, (list, dict)) or not _nested_over(v, MAX_NESTING):
+                    out.setdefault(k, []).append(v)
     return out
 
 
@@ -113,20 +120,53 @@ def output_columns(doc: Any) -> dict[str, list[Any]]:
     if not isinstance(doc, dict):
         return {}
     if isinstance(doc.get("outputs"), list):
-        return {t["name"]: _flat(t.get("data")) for t in doc["outputs"]
-                if isinstance(t, dict) and isinstance(t.get("name"), str)}
+        return {t["name"]: values for t in doc["outputs"]
+                if isinstance(t, dict) and isinstance(t.get("name"), str)
+                and (values := _flat(t.get("data"))) is not None}
     if isinstance(doc.get("predictions"), list):
-        return {"predictions": _flat(doc["predictions"])}
+        values = _flat(doc["predictions"])
+        return {"predictions": values} if values is not None else {}
     return {}
 
 
-def _flat(data: Any) -> list[Any]:
+def _flat(data: Any) -> list[Any] | None:
+    """Every value of nested lists, in order; None when they nest over MAX_NESTING deep.
+
+    Walked with its own stack: deep input is skipped, never a RecursionError per request (or
+    later, when a too-deep value would be keyed as a category).
+    """
     if not isinstance(data, list):
-        return [data]
+        too_deep = isinstance(data, dict) and _nested_over(data, MAX_NESTING)
+        return None if too_deep else [data]
     out: list[Any] = []
-    for item in data:
-        out.extend(_flat(item) if isinstance(item, list) else [item])
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, (list, dict)):  # one check per value on the common path
+                if isinstance(item, dict):
+                    if _nested_over(item, MAX_NESTING - len(stack)):
+                        return None
+                elif len(stack) >= MAX_NESTING:
+                    return None
+                else:
+                    stack.append(iter(item))  # descend; this level resumes where it stopped
+                    break
+            out.append(item)
+        else:
+            stack.pop()
     return out
+
+
+def _nested_over(value: Any, limit: int) -> bool:
+    """Lists and objects in ``value`` nest more than ``limit`` deep."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+    return False
 
 
 class _Window:
