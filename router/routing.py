@@ -37,8 +37,13 @@ def match(routes: Sequence[Route], path: str) -> tuple[Route, str] | None:
 
 
 def sticky_bucket(salt: str, key: str) -> int:
-    """The contract's bucket: blake2b-64 of ``salt:key``, big-endian, mod 10000."""
-    digest = blake2b(f"{salt}:{key}".encode(), digest_size=8).digest()
+    """The contract's bucket: blake2b-64 of ``salt:key``, big-endian, mod 10000.
+
+    Header values arrive decoded with surrogate escapes: a key that is not UTF-8 hashes as
+    the bytes that were sent (valid UTF-8 keys hash exactly as the contract's formula).
+    """
+    digest = blake2b(f"{salt}:{key}".encode("utf-8", "surrogateescape"),
+                     digest_size=8).digest()
     return int.from_bytes(digest, "big") % BUCKETS
 
 
@@ -71,7 +76,8 @@ def decide(route: Route, rest: str, *, override: str | None, sticky_key: str | N
     if override and route.override is not None:
         if override not in route.override.allow:
             allowed = ", ".join(sorted(route.override.allow))
-            raise BadOverride(f"override '{override}' is not allowed on route "
+            # repr: a client's invalid bytes or control characters are quoted, not echoed
+            raise BadOverride(f"override {override[:64]!r} is not allowed on route "
                               f"'{route.name}'; allowed: {allowed}")
         return Decision(override, "override", rest)
     if route.blue_green is not None:
