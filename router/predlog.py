@@ -37,13 +37,18 @@ log = logging.getLogger("model_router.predlog")
 
 BUFFER_RECORDS = 8192      # entries buffered or reserved at most (bounded memory)
 REDACTED = "***"
+FIELD_DEPTH = 32           # a field the encoder refused is rewritten down to this depth
 
 
 # -- record building -------------------------------------------------------------------------
 
 def keyed_hash(secret: bytes, value: str) -> str:
-    """The sticky key as stored: keyed blake2b, so a guessed id cannot be confirmed."""
-    return hashlib.blake2b(value.encode(), key=secret, digest_size=16).hexdigest()
+    """The sticky key as stored: keyed blake2b, so a guessed id cannot be confirmed.
+
+    Header values arrive decoded with surrogate escapes: the key's bytes are hashed as sent.
+    """
+    return hashlib.blake2b(value.encode("utf-8", "surrogateescape"), key=secret,
+                           digest_size=16).hexdigest()
 
 
 class KeyedHash:
@@ -59,7 +64,10 @@ class KeyedHash:
 
     def __call__(self, value: str) -> str:
         h = self._keyed.copy()
-        h.update(value.encode())
+        try:
+            h.update(value.encode())
+        except UnicodeEncodeError:  # a header's invalid bytes: hashed as sent
+            h.update(value.encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
 
@@ -70,7 +78,7 @@ def load_log_key(state_dir: Path, env: dict[str, str] | None = None) -> bytes:
         return hashlib.blake2b(env["MODEL_ROUTER_LOG_KEY"].encode(), digest_size=32).digest()
     path = state_dir / "log.key"
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         tmp = path.with_name(f"log.key.tmp{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
@@ -85,7 +93,11 @@ def load_log_key(state_dir: Path, env: dict[str, str] | None = None) -> bytes:
 
 
 def redact(doc: Any, names: frozenset[str], protocol: str) -> Any:
-    """v2: blank the data of inputs named in ``names``; json: the named keys at any depth."""
+    """v2: blank the data of inputs named in ``names``; json: the named keys at any depth.
+
+    Changes ``doc`` (a freshly parsed body) in place and returns it. The walk keeps its own
+    stack: no nesting the parser accepts can exhaust Python's.
+    """
     if not names:
         return doc
     if protocol == "v2":
@@ -94,12 +106,32 @@ def redact(doc: Any, names: frozenset[str], protocol: str) -> Any:
                 if isinstance(item, dict) and item.get("name") in names:
                     item["data"] = REDACTED
         return doc
-    if isinstance(doc, dict):
-        return {k: (REDACTED if k in names else redact(v, names, protocol))
-                for k, v in doc.items()}
-    if isinstance(doc, list):
-        return [redact(v, names, protocol) for v in doc]
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in names:
+                    node[key] = REDACTED
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
     return doc
+
+
+def unencodable(data: bytes) -> dict[str, Any]:
+    """A payload the encoder cannot write (nesting beyond its depth, invalid text)."""
+    return {"_unencodable": True, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def valid_text(text: str) -> str:
+    """``text`` as the log can store it: bytes that were not UTF-8 (header values are decoded
+    with surrogate escapes) as ``\\xNN``, any other lone surrogate as ``\\udNNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _embeddable(data: bytes) -> bool:
@@ -259,6 +291,60 @@ def build_record(entry: Record, settings: PredictionLogSettings, sticky_hash: Ke
     return record, served
 
 
+def safe_line(record: dict[str, Any], entry: Record) -> bytes:
+    """The JSONL line of a record orjson refused (nesting beyond its depth, a lone surrogate
+    from a header, an integer past 64 bits); never raises, so the record is never lost.
+
+    Each field is checked on its own: a refused ``input`` or ``output`` is stored as
+    ``unencodable(body)``, any other refused field is rewritten by ``_writable``. Only
+    this slow path pays for the checks: ``add`` tries the plain ``orjson.dumps`` first.
+    """
+    bodies = {"input": entry.request_body, "output": entry.response_body}
+    safe = {}
+    for key, value in record.items():
+        try:
+            orjson.dumps([value])  # one level down, as in the record
+        except orjson.JSONEncodeError:
+            body = bodies.get(key)
+            value = unencodable(body) if body else _writable(value, FIELD_DEPTH)
+        safe[key] = value
+    return orjson.dumps(safe, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _writable(value: Any, room: int) -> Any:
+    """``value`` as orjson can write it: text through ``valid_text``, other scalars it
+    refuses as text, and each nested container deeper than ``room`` levels replaced whole
+    by ``{"_unencodable": true}`` (what can be written is kept beside it)."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, dict):
+        return {valid_text(str(k)): _within(v, room - 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_within(v, room - 1) for v in value]
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return valid_text(str(value))
+    return value
+
+
+def _within(value: Any, room: int) -> Any:
+    return {"_unencodable": True} if _deeper_than(value, room) else _writable(value, room)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Nesting of ``value`` (a scalar is 0, ``[]`` is 1) over ``limit``, walked iteratively."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list, tuple)):
+            if depth + 1 > limit:
+                return True
+            stack.extend((child, depth + 1)
+                         for child in (node.values() if isinstance(node, dict) else node))
+    return False
+
+
 # -- files -------------------------------------------------------------------------------------
 
 def file_name(now: float, pid: int) -> str:
@@ -281,14 +367,16 @@ class LogFiles:
         return f"<LogFiles {self.path} size={self._size}>"
 
     def _open(self) -> BinaryIO:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # Full payloads are personal data: owner and group only (umask may narrow further).
+        self.dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         name = file_name(self._wall(), os.getpid())
         path = self.dir / name
         n = 0
         while path.exists():  # two rotations within one second
             n += 1
             path = self.dir / name.replace(".jsonl", f"-{n}.jsonl")
-        self._file = open(path, "ab")  # noqa: SIM115 - kept open across batches
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._file = os.fdopen(fd, "ab")  # kept open across batches
         self.path = path
         self._size = 0
         self.prune()
@@ -417,7 +505,10 @@ class PredictionLog:
             return False
         try:
             record, served = build_record(entry, self.settings, self.sticky_hash)
-            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            try:
+                line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            except orjson.JSONEncodeError:
+                line = safe_line(record, entry)
         finally:
             if reserved:
                 self._reserved -= 1
