@@ -35,9 +35,37 @@ def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, f
     return (float(ci.low), float(ci.high))
 
 
+OVERFLOW = "overflow: the values exceed the range of a 64-bit float"
+VERSUS = ("diff_vs_control", "diff_ci95", "p_value")
+
+
+def finite(*values: float) -> None:
+    """Raise OverflowError unless every value is a finite number (inf and nan come from
+    sums or squares that overflowed)."""
+    if not all(math.isfinite(v) for v in values):
+        raise OverflowError(OVERFLOW)
+
+
+def defined(result: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    """``result`` with each statistic in ``names`` that is not finite set to None and listed,
+    with the reason, under ``undefined``: a report never crashes on extreme numbers."""
+    undefined = {}
+    for name in names:
+        value = result.get(name)
+        values = value if isinstance(value, list) else [value]
+        if value is not None and not all(math.isfinite(v) for v in values):
+            result[name] = None
+            undefined[name] = OVERFLOW
+    if undefined:
+        result["undefined"] = undefined
+    return result
+
+
 def mean_ci(n: int, mean: float, var: float) -> tuple[float, float] | None:
+    """t interval of a mean; OverflowError when the mean or variance overflowed."""
     if n < 2:
         return None
+    finite(mean, var)
     sem = math.sqrt(var / n)
     if sem == 0:
         return (mean, mean)
@@ -59,14 +87,18 @@ def two_proportions(k1: int, n1: int, k0: int, n0: int) -> dict[str, Any]:
 
 
 def welch(n1: int, m1: float, v1: float, n0: int, m0: float, v0: float) -> dict[str, Any]:
+    """Treatment (1) minus control (0) means: difference, 95% CI (Welch), p-value.
+
+    OverflowError when the inputs overflowed or the degrees of freedom do."""
+    finite(m1, v1, m0, v0)
     diff = m1 - m0
-    result = stats.ttest_ind_from_stats(m1, math.sqrt(v1), n1, m0, math.sqrt(v0), n0,
-                                        equal_var=False)
     a, b = v1 / n1, v0 / n0
     se = math.sqrt(a + b)
     if se == 0:
         return {"diff_vs_control": diff, "diff_ci95": [diff, diff], "p_value": 1.0}
-    df = (a + b) ** 2 / (a ** 2 / (n1 - 1) + b ** 2 / (n0 - 1))
+    df = (a + b) ** 2 / (a ** 2 / (n1 - 1) + b ** 2 / (n0 - 1))  # before SciPy meets it
+    result = stats.ttest_ind_from_stats(m1, math.sqrt(v1), n1, m0, math.sqrt(v0), n0,
+                                        equal_var=False)
     t = float(stats.t.ppf(0.975, df))
     return {"diff_vs_control": diff, "diff_ci95": [diff - t * se, diff + t * se],
             "p_value": float(result.pvalue)}
@@ -100,25 +132,35 @@ class _Acc:
 
     @property
     def var(self) -> float:
+        """Sample variance; inf or nan (never an exception) once the sums overflowed."""
         if self.n < 2:
             return 0.0
-        return max(0.0, (self.squares - self.total ** 2 / self.n) / (self.n - 1))
+        var = (self.squares - self.total * self.total / self.n) / (self.n - 1)
+        return 0.0 if var < 0 else var  # rounding can dip below 0; nan stays nan
 
     def summary(self) -> dict[str, Any]:
         if self.kind == "bool":
             ci = wilson(self.k, self.n)
             return {"n": self.n, "rate": self.mean if self.n else None,
                     "ci95": list(ci) if ci else None}
-        ci = mean_ci(self.n, self.mean, self.var)
-        return {"n": self.n, "mean": self.mean if self.n else None,
-                "ci95": list(ci) if ci else None}
+        try:
+            ci = mean_ci(self.n, self.mean, self.var)
+        except OverflowError:
+            ci = (math.nan, math.nan)  # overflowed: defined() names it undefined
+        return defined({"n": self.n, "mean": self.mean if self.n else None,
+                        "ci95": list(ci) if ci else None}, ("mean", "ci95"))
 
     def versus(self, control: _Acc) -> dict[str, Any]:
         if self.n < 2 or control.n < 2:
-            return {"diff_vs_control": None, "diff_ci95": None, "p_value": None}
+            return dict.fromkeys(VERSUS)
         if self.kind == "bool" and control.kind == "bool":
             return two_proportions(self.k, self.n, control.k, control.n)
-        return welch(self.n, self.mean, self.var, control.n, control.mean, control.var)
+        try:
+            result = welch(self.n, self.mean, self.var, control.n, control.mean, control.var)
+        except OverflowError:  # overflowed: defined() names what is undefined
+            result = {**dict.fromkeys(VERSUS, math.nan),
+                      "diff_vs_control": self.mean - control.mean}
+        return defined(result, VERSUS)
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -207,7 +249,9 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
                 summary = acc.summary()
                 base = outcomes.get((name, control or ""), {}).get(outcome)
                 if version != control and base is not None:
-                    summary.update(acc.versus(base))
+                    versus = acc.versus(base)
+                    undefined = {**summary.get("undefined", {}), **versus.pop("undefined", {})}
+                    summary.update(versus, **({"undefined": undefined} if undefined else {}))
                 data["outcomes"][outcome] = summary
     return report
 
@@ -234,9 +278,12 @@ def render_table(report: dict[str, Any]) -> str:
                 if ci:
                     text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
                 if o.get("diff_vs_control") is not None:
-                    dci = o["diff_ci95"]
-                    text += (f"  vs control {o['diff_vs_control']:+.4f} "
-                             f"[{dci[0]:+.4f}, {dci[1]:+.4f}] p={o['p_value']:.4g}")
+                    dci, p = o["diff_ci95"], o["p_value"]
+                    text += f"  vs control {o['diff_vs_control']:+.4f}"
+                    text += f" [{dci[0]:+.4f}, {dci[1]:+.4f}]" if dci else ""
+                    text += f" p={p:.4g}" if p is not None else ""
+                for stat, reason in (o.get("undefined") or {}).items():
+                    text += f"  {stat} undefined ({reason})"
                 lines.append(text)
     return "\n".join(lines) if lines else "no primary records"
 
