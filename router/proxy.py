@@ -192,8 +192,9 @@ def json_field(doc: Any, key: str) -> str | None:
                             return json_field({"inputs": [row]}, key)
                     if key in first and not isinstance(first[key], (dict, list)):
                         return str(first[key])
-            elif isinstance(rows, dict) and key in rows:
-                return json_field(rows, key)
+            elif isinstance(rows, dict) and key in rows:  # {"inputs": {features}}
+                value = rows[key]
+                return None if isinstance(value, (dict, list)) else str(value)
     return None
 
 
@@ -497,11 +498,16 @@ class Proxy:
             if not reserved:
                 return error_response(PredictionLogUnavailable(
                     "the prediction log cannot take the feedback"), request_id)
-            self.predlog.add(Entry(
-                ts=ts, request_id=doc["request_id"], route=None,
-                revision=snapshot.revision, role="feedback", version=None, reason=None,
-                upstream=None, status=202, latency_ms=0.0, sticky_key=None,
-                request_body=None, response_body=None, outcome=doc["outcome"]), reserved=True)
+            try:
+                self.predlog.add(Entry(
+                    ts=ts, request_id=doc["request_id"], route=None,
+                    revision=snapshot.revision, role="feedback", version=None, reason=None,
+                    upstream=None, status=202, latency_ms=0.0, sticky_key=None,
+                    request_body=None, response_body=None, outcome=doc["outcome"]),
+                    reserved=True)
+            except Exception:  # noqa: BLE001 - a side effect never breaks the answer
+                self.observer_errors += 1
+                log.exception("feedback record failed for %s", doc["request_id"])
         for observer in self.feedback_observers:
             try:
                 observer(doc["request_id"], doc["outcome"])

@@ -223,6 +223,7 @@ class Connection(asyncio.Protocol):
         self._write_ready: asyncio.Future[None] | None = None
         self._paused_reading = False
         self._ignore_input = False
+        self._in_head = False           # between the request line and the end of the headers
         self._continue_pending = False  # 100 Continue owed once the answers before are out
         self._reset()
 
@@ -308,6 +309,7 @@ class Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_head = True
         if not self.busy:
             self.waiting_since = self.loop.time()
 
@@ -321,8 +323,8 @@ class Connection(asyncio.Protocol):
         self._url.append(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._ignore_input:
-            return
+        if self._ignore_input or not self._in_head:
+            return  # trailers of a chunked body are not headers: never forwarded as such
         self._header_size += len(name) + len(value)
         if self._header_size > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADER_LINES:
             self._refuse(431, "the request headers are too large or too many")
@@ -331,6 +333,7 @@ class Connection(asyncio.Protocol):
                               value.decode("utf-8", "surrogateescape")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         if self._ignore_input:
             return
         limit = self.server.limits().max_body_bytes

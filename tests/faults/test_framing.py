@@ -15,6 +15,7 @@ from aiohttp import web
 
 from conftest import url, wait_for, write_config
 from test_hostile_clients import raw, request
+from router.proxy import json_field
 from test_proxy import route
 from test_upstream_faults import read_request, tcp  # noqa: F401 - tcp is a fixture
 
@@ -201,7 +202,7 @@ async def recorded(tmp_path: Path, upstreams, start_router):
                 await asyncio.sleep(0.05)
             await resp.write_eof()
             return resp
-        return web.json_response({"path": request.raw_path})
+        return web.json_response({"path": request.raw_path, "headers": dict(request.headers)})
 
     app_up = web.Application()
     app_up.router.add_route("*", "/{tail:.*}", record)
@@ -421,3 +422,22 @@ async def test_a_streamed_answer_never_read_holds_neither_memory_nor_a_slot(big,
         assert resp.status == 200
     for writer in hostile:
         writer.close()
+
+
+async def test_request_trailers_are_never_forwarded_as_headers(recorded) -> None:
+    app, seen = recorded
+    answer = await raw(app.port, b"POST /raw/t HTTP/1.1\r\nHost: r\r\nConnection: close\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+                       b"X-Trailer-Injected: yes\r\nAuthorization: Bearer forged\r\n\r\n")
+    assert statuses(answer) == [200], answer[:200]
+    assert seen == [("/raw/t", b"abc")]
+    assert b'"Host"' in answer  # the upstream's echo of the headers it got
+    assert b"forged" not in answer and b"injected" not in answer.lower()
+
+
+def test_a_sticky_json_field_in_a_deep_body_never_recurses() -> None:
+    doc: dict = {}
+    for _ in range(5000):  # far past the interpreter's recursion limit
+        doc = {"user_id": {}, "inputs": doc}
+    assert json_field(doc, "user_id") is None
+    assert json_field({"inputs": {"user_id": 7}}, "user_id") == "7"
