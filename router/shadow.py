@@ -177,7 +177,7 @@ class Shadows:
                                              ex.request_body, version.tls, shadow.timeout_s)
             try:
                 status = resp.status
-                body = await resp.read()
+                body = await resp.read(ex.snapshot.limits.max_body_bytes)
             finally:
                 resp.release()
         except (UpstreamError, OSError, TimeoutError) as exc:

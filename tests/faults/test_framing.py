@@ -441,3 +441,23 @@ def test_a_sticky_json_field_in_a_deep_body_never_recurses() -> None:
         doc = {"user_id": {}, "inputs": doc}
     assert json_field(doc, "user_id") is None
     assert json_field({"inputs": {"user_id": 7}}, "user_id") == "7"
+
+
+async def test_a_shadow_answer_over_max_body_is_dropped_not_buffered(tmp_path: Path, upstreams,
+                                                                      start_router,
+                                                                      client) -> None:
+    async def huge(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b"h" * MIB)
+
+    shadow_app = web.Application()
+    shadow_app.router.add_post("/m/infer", huge)
+    primary = await upstreams.echo("v1")
+    shadow = await upstreams.start(shadow_app)
+    cfg = route({"v1": primary + "/m", "v2": shadow + "/m"}, protocol="raw",
+                split={"v1": 100, "v2": 0}, shadow=[{"version": "v2", "percent": 100}])
+    app = await start_router(write_config(tmp_path, [cfg], limits={"max_body_mb": 0.5}))
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+        assert resp.status == 200
+    dropped = 'model_router_shadow_dropped_total{reason="error",route="fraud",version="v2"} 1.0'
+    await wait_for(lambda: dropped in app.metrics.render().decode())
