@@ -116,11 +116,12 @@ class Request:
     """One complete request as the handler sees it."""
 
     __slots__ = ("method", "raw_path", "headers", "body", "remote", "too_large", "has_body",
-                 "content_length", "keep_alive", "_cookies")
+                 "content_length", "keep_alive", "chunks_ok", "_cookies")
 
     def __init__(self, method: str, raw_path: str, headers: Headers, body: bytes,
                  remote: str | None, too_large: bool, has_body: bool,
-                 content_length: int | None, keep_alive: bool = True) -> None:
+                 content_length: int | None, keep_alive: bool = True,
+                 chunks_ok: bool = True) -> None:
         self.method = method
         self.raw_path = raw_path
         self.headers = headers
@@ -130,6 +131,7 @@ class Request:
         self.has_body = has_body
         self.content_length = content_length
         self.keep_alive = keep_alive
+        self.chunks_ok = chunks_ok  # HTTP/1.1: an answer of unknown length may be chunked
         self._cookies: dict[str, str] | None = None
 
     def __repr__(self) -> str:
@@ -225,6 +227,7 @@ class Connection(asyncio.Protocol):
         self._ignore_input = False
         self._in_head = False           # between the request line and the end of the headers
         self._continue_pending = False  # 100 Continue owed once the answers before are out
+        self.answering: Request | None = None  # the request whose answer is being written
         self._reset()
 
     def __repr__(self) -> str:
@@ -394,7 +397,8 @@ class Connection(asyncio.Protocol):
             bool(self._content_length)
         keep_alive = self.parser.should_keep_alive() and not self._too_large
         request = Request(method, raw_path, Headers(self._headers), body, self.peer,
-                          self._too_large, has_body, self._content_length, keep_alive)
+                          self._too_large, has_body, self._content_length, keep_alive,
+                          self.parser.get_http_version() == "1.1")
         if not keep_alive:  # too large (never read the rest: 413, then close), or closing
             self._ignore_input = True
         self._enqueue(request)
@@ -443,6 +447,7 @@ class Connection(asyncio.Protocol):
                 self.queued_bytes -= len(item.body)
                 self._flow()
                 keep_alive = item.keep_alive
+                self.answering = item
                 self.busy = True
                 try:
                     try:
@@ -470,7 +475,7 @@ class Connection(asyncio.Protocol):
     # -- writing -----------------------------------------------------------------------------
 
     def _head(self, status: int, headers: list[tuple[str, str]], length: int | None,
-              close: bool) -> bytes:
+              close: bool, chunked: bool = True) -> bytes:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"]
         has_date = False
         for name, value in headers:
@@ -480,8 +485,10 @@ class Connection(asyncio.Protocol):
         if not has_date:
             lines.append(f"date: {_DATE.get()}\r\n")
         if status not in _BODYLESS and not (100 <= status < 200):
-            lines.append(f"content-length: {length}\r\n" if length is not None
-                         else "transfer-encoding: chunked\r\n")
+            if length is not None:
+                lines.append(f"content-length: {length}\r\n")
+            elif chunked:
+                lines.append("transfer-encoding: chunked\r\n")
         if close:
             lines.append("connection: close\r\n")
         lines.append("\r\n")
@@ -519,10 +526,20 @@ class Connection(asyncio.Protocol):
 
     def start_stream(self, status: int, headers: list[tuple[str, str]],
                      content_length: int | None = None) -> None:
-        """Begin an answer whose body follows in ``write_chunk`` calls (chunked if no length)."""
-        self._stream_chunked = content_length is None
+        """Begin an answer whose body follows in ``write_chunk`` calls.
+
+        Without a length the body is chunked for HTTP/1.1; an HTTP/1.0 client knows no
+        chunks, so its body ends when the connection closes.
+        """
+        request = self.answering
+        close = self.closing or (request is not None and not request.keep_alive)
+        chunks_ok = request is None or request.chunks_ok
+        self._stream_chunked = content_length is None and chunks_ok
+        if content_length is None and not chunks_ok:
+            close = self.closing = True
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self._head(status, headers, content_length, self.closing))
+            self.transport.write(self._head(status, headers, content_length, close,
+                                            chunked=chunks_ok))
 
     async def write_chunk(self, data: bytes) -> None:
         """Write a piece of a streamed answer; waits while the client is not reading."""
