@@ -253,10 +253,11 @@ class _Connection(asyncio.Protocol):
         response = self.response
         if response is None or not self.in_head:
             return  # trailers: never turned into answer headers
-        self.header_bytes += len(name) + len(value)
-        if self.header_bytes > MAX_HEADER_BYTES or len(response.headers) >= MAX_HEADER_LINES:
-            raise BadResponse(f"answer headers over {MAX_HEADER_BYTES} bytes or "
-                              f"{MAX_HEADER_LINES} lines")
+        # 4 bytes of framing a line: 200,000 empty headers stop here too, long before the
+        # line count is checked at the end of the block
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise BadResponse(f"answer headers over {MAX_HEADER_BYTES} bytes")
         # the same decoding as the server's, so every byte of a header round-trips
         response.headers.append((name.decode("latin-1"),
                                  value.decode("utf-8", "surrogateescape")))
@@ -271,6 +272,8 @@ class _Connection(asyncio.Protocol):
             return
         if status > 599 or status < 100:
             raise BadResponse(f"invalid status {status:03d} from upstream")
+        if len(response.headers) > MAX_HEADER_LINES:
+            raise BadResponse(f"answer with over {MAX_HEADER_LINES} header lines")
         response.status = status
         self.keep_alive = self.parser.should_keep_alive()
         for name, value in response.headers:

@@ -202,6 +202,7 @@ class Record(Protocol):
     trace_id: str | None
     outcome: dict[str, Any] | None
     valid_json: bool               # the request body is known to be JSON
+    answer: Any                    # the answer parsed as JSON, when already parsed (or None)
 
     @property
     def revision(self) -> str: ...
@@ -236,6 +237,7 @@ class Entry:
     trace_id: str | None = None
     outcome: dict[str, Any] | None = None
     valid_json: bool = False
+    answer: Any = None
 
 
 def _redacted(violations: list[dict[str, Any]] | None, names: frozenset[str],
@@ -261,8 +263,8 @@ def build_record(entry: Record, settings: PredictionLogSettings, sticky_hash: Ke
     route = entry.route
     protocol = route.protocol if route else "json"
     response = entry.response_body
-    answer = None
-    if response and protocol != "raw" and not entry.response_truncated:
+    answer = entry.answer  # already parsed by the proxy (the V2 id check), or parse here
+    if answer is None and response and protocol != "raw" and not entry.response_truncated:
         try:  # parsed once: the served version is recorded whatever the payload policy
             answer = orjson.loads(response)
         except orjson.JSONDecodeError:

@@ -86,6 +86,7 @@ class Exchange:
     violations: list[dict[str, Any]] | None = None
     doc: Any = None                # the parsed request body, when something parsed it
     valid_json: bool = False       # the request body parsed as JSON
+    answer: Any = None             # the parsed answer, when the proxy parsed it
 
     # What the prediction log reads besides the fields above: an Exchange is its own entry
     # (no copy on the hot path); it is never changed after it is handed over.
@@ -151,24 +152,22 @@ def unsafe_path(raw_path: str) -> str | None:
     return None
 
 
-def answer_id_mismatch(request_body: bytes, doc: Any, answer: bytes) -> str | None:
-    """For V2: the request's ``id`` and the answer's ``id`` differ (an answer meant for
-    another request), as "want != got"; None when they agree or either has none."""
-    if b'"id"' not in request_body or b'"id"' not in answer:
-        return None
+def parsed(body: bytes) -> Any:
+    """A JSON body as Python values, or None when it is not JSON."""
     try:
-        if doc is _UNPARSED or doc is None:
-            doc = orjson.loads(request_body)
-        want = doc.get("id") if isinstance(doc, dict) else None
-        if not isinstance(want, str):
-            return None
-        got = orjson.loads(answer)
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    got_id = got.get("id") if isinstance(got, dict) else None
-    if got_id is None or got_id == want:
+
+
+def id_mismatch(request: Any, answer: Any) -> str | None:
+    """For V2: the request's ``id`` and the answer's differ (an answer meant for another
+    request), as "want != got"; None when they agree or either has none."""
+    want = request.get("id") if isinstance(request, dict) else None
+    got = answer.get("id") if isinstance(answer, dict) else None
+    if not isinstance(want, str) or got is None or got == want:
         return None
-    return f"{want[:64]!r} != {str(got_id)[:64]!r}"
+    return f"{want[:64]!r} != {str(got)[:64]!r}"
 
 
 def json_field(doc: Any, key: str) -> str | None:
@@ -400,8 +399,11 @@ class Proxy:
                 self.balancer.release(base, False, outlier)
                 ex.fallback_from, ex.reason = name, "fallback"
                 continue
-            if body is not None and route.protocol == "v2" and ex.request_body:
-                mismatch = answer_id_mismatch(ex.request_body, ex.doc, body)
+            if body is not None and route.protocol == "v2" and b'"id"' in ex.request_body:
+                # Parsed here for the id check, and kept: the log reads the same answer.
+                ex.answer = parsed(body)
+                mismatch = id_mismatch(ex.doc if ex.valid_json else parsed(ex.request_body),
+                                       ex.answer)
                 if mismatch is not None:
                     # Another request's answer (a lagging or duplicated one on a reused
                     # connection): never hand it to this client, never reuse the connection.

@@ -243,6 +243,7 @@ class Connection(asyncio.Protocol):
         self._too_large = False
         self._chunked = False
         self._content_length: int | None = None
+        self._http11 = True
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -340,7 +341,7 @@ class Connection(asyncio.Protocol):
         if self._ignore_input:
             return
         limit = self.server.limits().max_body_bytes
-        expect = upgrade = False
+        expect = False
         for name, value in self._headers:
             lname = name.lower()
             if lname == "content-length":
@@ -352,17 +353,16 @@ class Connection(asyncio.Protocol):
                 self._chunked = True
             elif lname == "expect" and value.lower() == "100-continue":
                 expect = True
-            elif lname == "connection" and "upgrade" in value.lower():
-                upgrade = True
         version = self.parser.get_http_version()
-        if version not in ("1.1", "1.0"):
+        self._http11 = version == "1.1"
+        if not self._http11 and version != "1.0":
             self._refuse(505, f"HTTP/{version} is not supported")
-        elif upgrade or self.parser.should_upgrade():
+        elif self.parser.should_upgrade():  # Connection: upgrade + Upgrade, or CONNECT
             self._refuse(400, "protocol upgrades are not supported")
         elif self._content_length is not None and self._content_length > limit:
             self._too_large = True
             self._complete()
-        elif expect and version == "1.1":
+        elif expect and self._http11:
             if self.busy or self.queue:
                 self._continue_pending = True  # after the answers before it are out
             elif self.transport is not None:
@@ -398,7 +398,7 @@ class Connection(asyncio.Protocol):
         keep_alive = self.parser.should_keep_alive() and not self._too_large
         request = Request(method, raw_path, Headers(self._headers), body, self.peer,
                           self._too_large, has_body, self._content_length, keep_alive,
-                          self.parser.get_http_version() == "1.1")
+                          self._http11)
         if not keep_alive:  # too large (never read the rest: 413, then close), or closing
             self._ignore_input = True
         self._enqueue(request)
@@ -408,7 +408,8 @@ class Connection(asyncio.Protocol):
         self.queue.append(item)
         if isinstance(item, Request):
             self.queued_bytes += len(item.body)
-        self._flow()
+        if len(self.queue) >= MAX_PIPELINE or self.queued_bytes > MAX_PIPELINE_BYTES:
+            self._flow()  # (a shorter queue never needs reading paused)
         self.waiting_since = None
         if self.worker is None:
             self.worker = self.loop.create_task(self._work())
@@ -445,7 +446,8 @@ class Connection(asyncio.Protocol):
                     self.close()
                     return
                 self.queued_bytes -= len(item.body)
-                self._flow()
+                if self._paused_reading:
+                    self._flow()
                 keep_alive = item.keep_alive
                 self.answering = item
                 self.busy = True
