@@ -10,6 +10,7 @@ response: their exceptions are logged and counted at one boundary.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import itertools
 import logging
 import random
@@ -22,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from . import routing
+from . import __version__, routing
 from .client import BadResponse, Client, UpstreamError
 from .client import Response as UpstreamResponse
 from .config import Route, Snapshot
@@ -40,6 +41,10 @@ log = logging.getLogger("model_router.proxy")
 BUFFER_MAX = 1 << 20          # answers up to 1 MiB with a Content-Length are buffered whole
 _FALLBACK_KINDS = ("connect", "reset")
 _MAX_REQUEST_ID = 200
+try:
+    VERSION = importlib.metadata.version("model-router")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    VERSION = __version__
 _UNPARSED = object()
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 # Spellings of "/", "\\", NUL and "." that some server or framework decodes on the way in.
@@ -264,7 +269,7 @@ class Proxy:
             self.metrics.observe(UNMATCHED, None, "primary", 404, self._clock() - started)
             return error_response(NoRoute(f"no route matches {raw_path[:200]}"), request_id)
         route, rest = found
-        inference = request.has_body
+        inference = request.has_body or request.method == "POST"  # an empty POST too
         reserved = False
         if inference and self.predlog is not None and \
                 self.predlog.settings.on_full == "block":
@@ -298,8 +303,13 @@ class Proxy:
                 limit = ex.snapshot.limits.max_body_bytes
                 raise BodyTooLarge(f"the body is over the {limit}-byte limit")
             ex.request_body = request.body
-            doc = self._validate(route, ex) if route.validator is not None \
-                and ex.request_body else _UNPARSED
+            doc = _UNPARSED
+            if route.validator is not None:
+                if ex.request_body:
+                    doc = self._validate(route, ex)
+                elif request.method == "POST" and route.validation == "enforce":
+                    raise BadRequest("the body is empty: this route validates every "
+                                     "inference request; not forwarded")
             if doc is not _UNPARSED:
                 ex.doc, ex.valid_json = doc, True
             decision = self._decide(request, route, rest, ex, doc)
@@ -473,7 +483,7 @@ class Proxy:
         if not any(r.protocol == "v2" for r in snapshot.routes):
             return None
         if path == "/v2":
-            return json_response(200, {"name": "model-router", "version": "0.1.0",
+            return json_response(200, {"name": "model-router", "version": VERSION,
                                        "extensions": []})
         ready = path == "/v2/health/live" or not self.draining
         return json_response(200 if ready else 503,

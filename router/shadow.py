@@ -202,14 +202,17 @@ class Shadows:
                 observer(route.name, shadow.version, result)
             except Exception:  # noqa: BLE001
                 log.exception("shadow observer %r failed", observer)
-        self.metrics.observe(route.name, shadow.version, "shadow", status, latency)
-        if self.predlog is not None:
-            self.predlog.add(Entry(
-                ts=ts, request_id=ex.request_id, route=route, revision=ex.snapshot.revision,
-                role="shadow", version=shadow.version, reason="shadow", upstream=base,
-                status=status, latency_ms=latency * 1000, sticky_key=ex.sticky_key,
-                request_body=ex.request_body, response_body=body, compare=result,
-                error=error, trace_id=ex.trace_id), reserved=False)
+        try:  # side effects of a copy fail here, logged, never as an unretrieved task error
+            self.metrics.observe(route.name, shadow.version, "shadow", status, latency)
+            if self.predlog is not None:
+                self.predlog.add(Entry(
+                    ts=ts, request_id=ex.request_id, route=route,
+                    revision=ex.snapshot.revision, role="shadow", version=shadow.version,
+                    reason="shadow", upstream=base, status=status, latency_ms=latency * 1000,
+                    sticky_key=ex.sticky_key, request_body=ex.request_body, response_body=body,
+                    compare=result, error=error, trace_id=ex.trace_id), reserved=False)
+        except Exception:  # noqa: BLE001
+            log.exception("recording the shadow copy of %s failed", ex.request_id)
 
     def _compare(self, ex: Exchange, route: Route, shadow: Shadow, body: bytes | None,
                  failed: str | None) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from conftest import Upstreams, free_port, url, write_config
+from router.audit import iter_records
 
 
 def route(urls: dict[str, str], **changes: Any) -> dict[str, Any]:
@@ -275,6 +277,42 @@ async def test_v2_server_endpoints(tmp_path: Path, upstreams, start_router, clie
             assert resp.status == 200, path
     async with client.get(url(app, "/v2/models/fraud")) as resp:  # metadata goes upstream
         assert (await resp.json())["path"] == "/base-v1"
+
+
+async def test_v2_server_metadata_reports_the_installed_version(tmp_path: Path, upstreams,
+                                                                start_router, client,
+                                                                monkeypatch) -> None:
+    import router.proxy
+    assert router.proxy.VERSION == importlib.metadata.version("model-router")
+    monkeypatch.setattr(router.proxy, "VERSION", "9.8.7")  # as if another release ran
+    app = await start_router(write_config(tmp_path, [route(await echo_versions(upstreams,
+                                                                                "v1"))]))
+    async with client.get(url(app, "/v2")) as resp:
+        assert (await resp.json())["version"] == "9.8.7"
+
+
+async def test_an_empty_post_on_an_enforce_route_is_400_and_never_forwarded(
+        tmp_path: Path, upstreams, start_router, client) -> None:
+    seen: list[str] = []
+
+    async def record(request: web.Request) -> web.Response:
+        seen.append(request.raw_path)
+        return web.json_response({})
+
+    up = web.Application()
+    up.router.add_route("*", "/{tail:.*}", record)
+    base = await upstreams.start(up)
+    app = await start_router(write_config(tmp_path, [route(
+        {"v1": base + "/m"}, input_schema="fraud-features@1", validation="enforce")]))
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"") as resp:
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "bad_request"
+    async with client.get(url(app, "/v2/models/fraud")) as resp:  # metadata: no body, fine
+        assert resp.status == 200
+    assert seen == ["/m"]
+    await app.predlog.flush()
+    records = list(iter_records(tmp_path / "logs"))
+    assert [(r["status"], r["version"]) for r in records] == [(400, None)]
 
 
 async def test_replicas_spread_and_eject(tmp_path: Path, upstreams, start_router,

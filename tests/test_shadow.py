@@ -200,3 +200,29 @@ async def test_memory_stays_flat_with_a_dead_shadow(tmp_path: Path, upstreams, s
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert peak_tasks <= 16
     assert rss_after - rss_before < 40_000  # KiB: 3,000 more requests must not grow memory
+
+
+async def test_a_failing_shadow_record_is_logged_at_one_boundary(tmp_path: Path, upstreams,
+                                                                 start_router, client,
+                                                                 caplog) -> None:
+    seen: list[dict] = []
+    primary = await upstreams.start(scorer(0.3))
+    shadow = await upstreams.start(scorer(0.7, seen=seen))
+    cfg = route({"v1": primary + "/m", "v3": shadow + "/m"},
+                shadow=[{"version": "v3", "percent": 100}])
+    app = await start_router(write_config(tmp_path, [cfg]))
+    add = app.predlog.add
+    copies: list[asyncio.Task] = []
+
+    def failing_add(entry, reserved):
+        if entry.role == "shadow":
+            copies.append(asyncio.current_task())
+            raise OSError("disk gone")
+        return add(entry, reserved)
+
+    app.predlog.add = failing_add
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b'{"inputs": []}') as resp:
+        assert resp.status == 200
+    await wait_for(lambda: len(copies) == 1 and copies[0].done())
+    assert copies[0].exception() is None  # not a "Task exception was never retrieved"
+    assert "recording the shadow copy" in caplog.text and "disk gone" in caplog.text
