@@ -167,26 +167,25 @@ def _history(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"bad time: {exc}", file=sys.stderr)
             return 1
-        from .history import iso
+        from .history import describe_state, in_force, iso
         stamp = iso(at.timestamp())
-        live = [e for e in events if e.get("event") == "applied" and e.get("ts", "") <= stamp]
-        if not live:
+        live = in_force(events, stamp)
+        if live is None:
             print(f"no config was applied before {stamp}", file=sys.stderr)
             return 1
-        last = live[-1]
         if args.json:
-            _print_json(last)
+            _print_json(live)
         else:
-            print(f"at {stamp}: revision {last['revision']} (applied {last['ts']}, "
-                  f"source {last['source']})")
-            for name, state in last.get("routes", {}).items():
-                print(f"  {name}: {state}")
+            print(f"at {stamp}: revision {live['revision']} (applied {live['ts']}, "
+                  f"source {live['source']})")
+            for name, state in live["routes"].items():
+                print(f"  {name}: {describe_state(state)}")
         return 0
     if args.json:
         _print_json(events)
         return 0
     for e in events:
-        detail = e.get("routes") if e.get("event") == "applied" else e.get("errors")
+        detail = e.get("errors") if e.get("event") == "rejected" else e.get("routes")
         print(f"{e.get('ts')}  {e.get('event'):<9} {str(e.get('revision')):<12} "
               f"{e.get('source'):<8} {detail}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,72 @@ def route_states(snapshot: Snapshot) -> dict[str, Any]:
         else:
             out[route.name] = {"weights": dict(route.split)}
     return out
+
+
+# Events the rollout controller writes: each carries the route's weights it just set.
+ROLLOUT_EVENTS = frozenset({"rollout_step", "promoted", "paused", "resumed", "rolled_back",
+                            "aborted"})
+
+
+def in_force(events: Iterable[Mapping[str, Any]], at: str) -> dict[str, Any] | None:
+    """What served at ``at`` (an ``iso`` timestamp), from the history's events in file order.
+
+    The revision is the last one applied at or before ``at``; each of its routes is in the
+    state that apply recorded, unless a rollout event for that route came later (still at or
+    before ``at``): then its weights are the rollout's. Events after ``at`` are ignored. None
+    when no config had been applied by then. The shape is the applied event's (``ts``,
+    ``revision``, ``source``, ``routes``) plus ``at``; every route's state gains ``set_by``:
+    the event that set it (``event``, ``ts``, ``revision``, ``source``, and for a rollout event
+    its ``step`` (0-based), ``steps`` (count, when recorded) and ``status``). Pure: no I/O.
+    """
+    applied: Mapping[str, Any] | None = None
+    routes: dict[str, dict[str, Any]] = {}
+    for event in events:
+        ts, kind = event.get("ts"), event.get("event")
+        if not isinstance(ts, str) or ts > at:
+            continue
+        if kind == "applied":
+            applied = event
+            routes = {name: _set_by(event, state)
+                      for name, state in (event.get("routes") or {}).items()}
+        elif kind in ROLLOUT_EVENTS:
+            for name, state in (event.get("routes") or {}).items():
+                if name in routes:  # a route the applied config no longer has stays gone
+                    routes[name] = _set_by(event, state)
+    if applied is None:
+        return None
+    return {"at": at, "ts": applied["ts"], "event": "applied",
+            "revision": applied.get("revision"), "source": applied.get("source"),
+            "routes": routes}
+
+
+def _set_by(event: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
+    """A route's state as ``in_force`` reports it: what it serves, and which event said so."""
+    rollout = ("step", "steps", "status")
+    origin = {"event": event.get("event"), "ts": event.get("ts"),
+              "revision": event.get("revision"), "source": event.get("source")}
+    origin.update({k: state[k] for k in rollout if k in state})
+    return {**{k: v for k, v in state.items() if k not in rollout}, "set_by": origin}
+
+
+def describe_state(state: Mapping[str, Any]) -> str:
+    """One line for a route's state from ``in_force``, e.g.
+    ``v1 50, v2 50 (rollout step 2/3 at 2026-11-26T15:30:00.000Z)``."""
+    if "weights" in state:
+        served = ", ".join(f"{v} {w:g}" for v, w in state["weights"].items())
+    else:
+        served = f"active {state.get('active')} ({state.get('version')})"
+    origin = state.get("set_by") or {}
+    kind, ts = origin.get("event"), origin.get("ts")
+    if kind == "applied":
+        return f"{served} (applied rev {origin.get('revision')} at {ts})"
+    step = origin.get("step")
+    where = "" if step is None else f"step {step + 1}" + (
+        f"/{origin['steps']}" if origin.get("steps") else "")
+    if kind == "rollout_step":
+        return f"{served} (rollout {where or 'step'} at {ts})"
+    return f"{served} (rollout {str(kind).replace('_', ' ')} at {ts}" + \
+        (f", {where})" if where else ")")
 
 
 class History:

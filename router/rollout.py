@@ -345,7 +345,8 @@ class Controller:
                              "source": "rollout", "routes": {route.name: {
                                  "weights": {route.rollout.baseline: 100 - state.weight,
                                              route.rollout.canary: state.weight},
-                                 "step": state.step, "status": state.status}},
+                                 "step": state.step, "steps": len(route.rollout.steps),
+                                 "status": state.status}},
                              "errors": [], "evidence": evidence})
         log.info("rollout %s: %s (canary %s%%, %s)", route.name, event, state.weight,
                  state.status)

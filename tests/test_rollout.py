@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,49 @@ async def test_rollout_cli(tmp_path: Path, upstreams, start_router) -> None:
     assert app.rollouts.states["fraud"].weight == 0
     code, out = await cli("pause")
     assert code == 2
+
+
+async def test_history_at_shows_the_rollout_weights_in_force(tmp_path: Path, upstreams,
+                                                             start_router, client,
+                                                             capsys) -> None:
+    from router.cli import main
+    from router.history import iso
+
+    both = await upstreams.start(flaky(None))
+    clock = Clock()
+    clock.now = time.time()  # the applies are stamped by the wall clock: keep the two in order
+    path = write_config(tmp_path, [rollout_route(both, both, step_min_requests=20)])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    revision = app.live.snapshot.revision
+    started = clock.now
+    await send(client, app, 400)
+    clock.now += 61
+    app.rollouts.tick()
+    assert app.rollouts.states["fraud"].weight == 50
+    stepped = clock.now
+    clock.now += 60
+    app.rollouts.act("fraud", "abort")
+    aborted = clock.now
+
+    def at(ts: float, *flags: str) -> str:
+        capsys.readouterr()
+        assert main(["history", "-c", str(path), "--at", iso(ts), *flags]) == 0
+        return capsys.readouterr().out
+
+    during = orjson.loads(at(stepped + 30, "--json"))
+    assert during["revision"] == revision
+    assert during["routes"]["fraud"]["weights"] == {"v1": 50, "v2": 50}
+    assert during["routes"]["fraud"]["set_by"] == {
+        "event": "rollout_step", "ts": iso(stepped), "revision": revision,
+        "source": "rollout", "step": 1, "steps": 3, "status": "running"}
+    assert f"fraud: v1 50, v2 50 (rollout step 2/3 at {iso(stepped)})" in at(stepped + 30)
+
+    first = orjson.loads(at(started + 30, "--json"))
+    assert first["revision"] == revision
+    assert first["routes"]["fraud"]["weights"] == {"v1": 90, "v2": 10}
+    assert first["routes"]["fraud"]["set_by"]["event"] == "applied"
+
+    after = orjson.loads(at(aborted + 30, "--json"))
+    assert after["routes"]["fraud"]["weights"] == {"v1": 100, "v2": 0}
+    assert after["routes"]["fraud"]["set_by"]["event"] == "aborted"
+    assert f"(rollout aborted at {iso(aborted)}, step 2/3)" in at(aborted + 30)
