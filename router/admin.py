@@ -92,7 +92,8 @@ def build_admin(app: RouterApp) -> web.Application:
 
     async def config(_: web.Request) -> web.Response:
         snapshot = app.live.snapshot
-        return _json({**snapshot.describe(), "last_error": app.reloader.last_error})
+        return _json({**snapshot.describe(), "last_error": app.reloader.last_error,
+                      "pending_restart": app.reloader.pending_restart()})
 
     async def reload(_: web.Request) -> web.Response:
         try:

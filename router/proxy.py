@@ -440,7 +440,9 @@ class Proxy:
                       headers: list[tuple[str, str]], base: str, outlier: Any,
                       ex: Exchange) -> None:
         """Pass a chunked or large answer through as it arrives, keeping a bounded copy."""
-        cap = int(ex.snapshot.prediction_log.max_payload_kb * 1024)
+        # The running log's cap, not the snapshot's: prediction_log changes wait for a restart.
+        settings = ex.snapshot.prediction_log if self.predlog is None else self.predlog.settings
+        cap = int(settings.max_payload_kb * 1024)
         copied: list[bytes] = []
         kept = total = 0
         ok = upstream.status < 500

@@ -8,11 +8,13 @@ thread; the swap happens on the event loop. A request keeps the snapshot it star
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .config import Snapshot, load_snapshot
 from .errors import ConfigError
@@ -23,6 +25,45 @@ from .proxy import Live
 log = logging.getLogger("model_router.reload")
 
 POLL_S = 0.2
+
+# Settings a running process keeps from its start: the sockets, the prediction log (its files,
+# payload policy and size caps: one log, one set of settings) and the state directory. A
+# reload still applies the rest of the file; these wait for a restart and say so.
+RESTART_ONLY = ("listen", "admin", "prediction_log", "state_dir")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, frozenset):
+        return sorted(value)
+    return value
+
+
+def restart_only(snapshot: Snapshot) -> dict[str, Any]:
+    return {key: getattr(snapshot, key) for key in RESTART_ONLY}
+
+
+def pending_restart(running: dict[str, Any], applied: Snapshot) -> dict[str, Any]:
+    """Per restart-only setting the applied file changes: what runs and what waits.
+
+    ``{"prediction_log": {"max_payload_kb": {"running": 64, "configured": 1}}}``; empty when
+    the file matches what runs. Pure.
+    """
+    out: dict[str, Any] = {}
+    for key in RESTART_ONLY:
+        old, new = running[key], getattr(applied, key)
+        if old == new:
+            continue
+        if dataclasses.is_dataclass(old):
+            out[key] = {f.name: {"running": _plain(getattr(old, f.name)),
+                                 "configured": _plain(getattr(new, f.name))}
+                        for f in dataclasses.fields(old)
+                        if getattr(old, f.name) != getattr(new, f.name)}
+        else:
+            out[key] = {"running": _plain(old), "configured": _plain(new)}
+    return out
+
 
 Signature = tuple[tuple[int, int, int] | None, ...]
 
@@ -55,9 +96,15 @@ class Reloader:
         self.transforms: list[Callable[[Snapshot], Snapshot]] = []
         self._wall = wall
         self._lock = asyncio.Lock()
+        # Taken from the snapshot the process starts with: the restart-only settings in force.
+        self.started = restart_only(live.snapshot)
 
     def __repr__(self) -> str:
         return f"<Reloader {self.path} revision={self.live.snapshot.revision}>"
+
+    def pending_restart(self) -> dict[str, Any]:
+        """What ``/-/config`` shows as waiting for a restart (see ``pending_restart``)."""
+        return pending_restart(self.started, self.live.snapshot)
 
     def watched(self) -> list[Path]:
         snapshot = self.live.snapshot
@@ -96,13 +143,8 @@ class Reloader:
             if snapshot.revision == current.revision:
                 self.last_error = None
                 return current
-            fixed = [(snapshot.listen, current.listen, "listen"),
-                     (snapshot.admin, current.admin, "admin"),
-                     (snapshot.prediction_log, current.prediction_log, "prediction_log"),
-                     (snapshot.state_dir, current.state_dir, "state_dir")]
-            for new, old, key in fixed:
-                if new != old:
-                    log.warning("%s changed; it takes effect at the next restart", key)
+            for key in pending_restart(self.started, snapshot):
+                log.warning("%s changed; it takes effect at the next restart", key)
             self.applied(snapshot)
             return snapshot
 

@@ -17,6 +17,7 @@ from router.audit import iter_records
 from router.config import PredictionLogSettings
 from router.predlog import LogFiles, keyed_hash, payload
 from test_proxy import echo_versions, route
+from test_reload import rewrite
 from test_shadow import scorer, v2_answer
 
 FIELDS = {"ts", "request_id", "route", "model", "version", "role", "reason", "upstream",
@@ -142,6 +143,46 @@ async def test_streamed_response_copy_is_bounded(tmp_path: Path, upstreams, star
         assert len(await resp.read()) == 10_000
     [record] = await records_of(app, tmp_path)
     assert record["output"] == {"_truncated": True, "bytes": 10_000, "sha256": None}
+
+
+def streaming(size: int, pieces: int = 10) -> web.Application:
+    """An upstream streaming ``size`` bytes of ``a`` in ``pieces``, no content-length."""
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(pieces):
+            await resp.write(b"a" * (size // pieces))
+            await asyncio.sleep(0.01)  # arrive in pieces: the router must stream, not buffer
+        await resp.write_eof()
+        return resp
+
+    up = web.Application()
+    up.router.add_post("/m/s", stream)
+    return up
+
+
+async def test_prediction_log_settings_wait_for_a_restart(tmp_path: Path, upstreams,
+                                                          start_router, client) -> None:
+    """A reload that changes prediction_log applies nowhere, not to the streamed copy alone."""
+    base = await upstreams.start(streaming(10_000))
+    path = write_config(tmp_path, [route({"v1": base + "/m"})],
+                        prediction_log={"dir": "logs", "max_payload_kb": 64})
+    app = await start_router(path)
+    rewrite(path, lambda doc: doc["prediction_log"].update(max_payload_kb=2))
+    await app.reloader.reload("api")
+    assert app.live.snapshot.prediction_log.max_payload_kb == 2  # the file's value is applied
+    async with client.post(url(app, "/v2/models/fraud/s"), data=b"{}") as resp:
+        assert len(await resp.read()) == 10_000
+    [record] = await records_of(app, tmp_path)
+    assert record["output"] == "a" * 10_000  # the running log's 64 KB cap, whole
+    async with client.get(admin_url(app, "/-/config")) as resp:
+        pending = (await resp.json())["pending_restart"]
+    assert pending == {"prediction_log": {"max_payload_kb": {"running": 64, "configured": 2}}}
+
+    rewrite(path, lambda doc: doc["prediction_log"].update(max_payload_kb=64))
+    await app.reloader.reload("api")
+    async with client.get(admin_url(app, "/-/config")) as resp:
+        assert (await resp.json())["pending_restart"] == {}
 
 
 def test_rotation_and_retention(tmp_path: Path) -> None:
