@@ -28,6 +28,8 @@ IDLE_S = 30.0            # idle connections older than this are closed, not reus
 MAX_IDLE = 256           # idle connections kept per origin
 MAX_HEADER_BYTES = 16 * 1024   # an answer's header block, and its number of lines: more is
 MAX_HEADER_LINES = 100         # not a model server's answer (502 protocol)
+MAX_HEAD_BYTES = MAX_HEADER_BYTES + 4 * MAX_HEADER_LINES + 1024  # as received, framing too
+MAX_INTERIM = 10         # 1xx answers before the real one
 READ_HIGH = 256 * 1024   # streamed body bytes held before reading the upstream pauses
 
 
@@ -187,6 +189,8 @@ class _Connection(asyncio.Protocol):
         self.answered = False    # the final answer to the request in flight is complete
         self.in_head = False     # between the status line and the end of the header block
         self.header_bytes = 0
+        self.head_bytes = 0      # bytes received while in the head (later data_received calls)
+        self.interim = 0         # 1xx answers to the request in flight
 
     def __repr__(self) -> str:
         return (f"<Connection {self.pool.origin} closed={self.closed} paused={self.paused}"
@@ -205,6 +209,11 @@ class _Connection(asyncio.Protocol):
             self.abort()
             return
         self.received = True
+        if self.in_head:  # llhttp hands a header line over only when it ends: count bytes
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._fail(BadResponse(f"answer headers over {MAX_HEADER_BYTES} bytes"))
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -224,9 +233,10 @@ class _Connection(asyncio.Protocol):
         self.disarm()
         response = self.response
         if response is not None and not response._done:
-            if response.status and response.content_length is None and \
+            if exc is None and response.status and response.content_length is None and \
                     not self._chunked(response):
-                # A body delimited by the connection closing: EOF is its end.
+                # A body delimited by the connection closing: EOF is its end (a reset is
+                # not: the answer was cut).
                 response._done = True
                 response._wake()
             else:
@@ -245,7 +255,7 @@ class _Connection(asyncio.Protocol):
             # connection is done (the first answer stands; nothing else is read).
             raise _ExtraAnswer
         self.in_head = True
-        self.header_bytes = 0
+        self.header_bytes = self.head_bytes = 0
         if self.response is not None:
             self.response.headers = []
 
@@ -269,6 +279,9 @@ class _Connection(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # informational: the real answer follows
+            self.interim += 1
+            if self.interim > MAX_INTERIM:
+                raise BadResponse(f"over {MAX_INTERIM} informational answers from upstream")
             return
         if status > 599 or status < 100:
             raise BadResponse(f"invalid status {status:03d} from upstream")
@@ -359,6 +372,7 @@ class _Connection(asyncio.Protocol):
         self.head = head
         self.received = False
         self.answered = False
+        self.interim = 0
         self.headers_ready = asyncio.get_running_loop().create_future()
         if deadline is not None:
             self.arm(self.pool.deadlines.at(deadline, self.timed_out))
@@ -377,6 +391,8 @@ class _Connection(asyncio.Protocol):
         self.disarm()
         self.response = None
         if reusable and self.keep_alive and not self.closed:
+            if self.paused:  # the answer is complete; the next one must be read
+                self.resume()
             self.pool.put(self)
         else:
             self.abort()

@@ -271,21 +271,39 @@ def _read_yaml(p: Problems, path: Path, given: Mapping[str, bytes] | None = None
         return raw, None
 
 
-def _expand_env(p: Problems, path: str, value: Any, env: Mapping[str, str]) -> Any:
-    """Replace ``${NAME}`` in every string; an unset variable is an error."""
+def _expand_env(p: Problems, path: str, value: Any, env: Mapping[str, str],
+                memo: dict[int, Any] | None = None) -> Any:
+    """Replace ``${NAME}`` in every string; an unset variable is an error.
+
+    A YAML alias is the same object as its anchor: it is expanded once and the result
+    shared (``memo``), so aliases never multiply work or memory.
+    """
+    if memo is None:
+        memo = {}
     if isinstance(value, str):
-        def sub(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in env:
-                p.error(path, f"environment variable {name} is not set")
-                return ""
-            return env[name]
-        return _ENV_REF.sub(sub, value) if "${" in value else value
-    if isinstance(value, dict):
-        return {k: _expand_env(p, join(path, k) if isinstance(k, str) else path, v, env)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(p, join(path, i), v, env) for i, v in enumerate(value)]
+        if "${" not in value:
+            return value
+        done = memo.get(id(value))
+        if done is None:
+            def sub(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name not in env:
+                    p.error(path, f"environment variable {name} is not set")
+                    return ""
+                return env[name]
+            done = memo[id(value)] = _ENV_REF.sub(sub, value)
+        return done
+    if isinstance(value, (dict, list)):
+        done = memo.get(id(value))
+        if done is not None:
+            return done
+        if isinstance(value, dict):
+            done = {k: _expand_env(p, join(path, k) if isinstance(k, str) else path, v, env,
+                                   memo) for k, v in value.items()}
+        else:
+            done = [_expand_env(p, join(path, i), v, env, memo) for i, v in enumerate(value)]
+        memo[id(value)] = done
+        return done
     return value
 
 

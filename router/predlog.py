@@ -135,8 +135,21 @@ def valid_text(text: str) -> str:
 
 
 def _embeddable(data: bytes) -> bool:
-    """Known-valid JSON that can go into a JSONL line as it is (no raw line breaks)."""
-    return b"\n" not in data and b"\r" not in data
+    """Known-valid JSON that can go into a JSONL line as it is: no raw line breaks, and not
+    so deep that the record around it (two levels) passes the readers' depth limit of 1024.
+    """
+    if b"\n" in data or b"\r" in data:
+        return False
+    if data.count(b"[") + data.count(b"{") < _DEEP:
+        return True  # (brackets in strings count too: this only decides whether to look)
+    try:
+        orjson.loads(b"[[" + data + b"]]")
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+_DEEP = 1000  # fewer brackets than this cannot nest past the readers' limit
 
 
 def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,

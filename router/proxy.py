@@ -145,8 +145,10 @@ def unsafe_path(raw_path: str) -> str | None:
     segments in any spelling (``..``, ``%2e%2e``, ``.%2E``, ``..;param``).
     """
     if "%" not in raw_path and "\\" not in raw_path and "." not in raw_path \
-            and "\x00" not in raw_path:
+            and "\x00" not in raw_path and "#" not in raw_path:
         return None  # the common case: nothing to decode
+    if "#" in raw_path:  # a fragment is never sent; some servers cut the path there
+        return "a fragment (#) in the request target"
     lowered = raw_path.lower()
     if "\\" in raw_path or "\x00" in raw_path or any(s in lowered for s in _ENCODED_SEPARATORS):
         return "an encoded separator, backslash or NUL in the path"

@@ -51,6 +51,9 @@ log = logging.getLogger("model_router.server")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_HEADER_LINES = 100
 MAX_URL_BYTES = 16 * 1024
+# All bytes of a request line and header block, framing included: counted as they arrive,
+# because llhttp hands a line over only when it ends (an endless line must not grow).
+MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 4 * MAX_HEADER_LINES + 1024
 MAX_PIPELINE = 16          # parsed requests waiting per connection before reading pauses
 MAX_PIPELINE_BYTES = 1 << 20   # ... or this many body bytes waiting
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -226,6 +229,7 @@ class Connection(asyncio.Protocol):
         self._paused_reading = False
         self._ignore_input = False
         self._in_head = False           # between the request line and the end of the headers
+        self._head_bytes = 0            # bytes received while in the head (later calls)
         self._continue_pending = False  # 100 Continue owed once the answers before are out
         self.answering: Request | None = None  # the request whose answer is being written
         self._reset()
@@ -274,6 +278,11 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._ignore_input:
             return
+        if self._in_head:  # still in the head this data continues: count it all
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(431, "the request headers are too large or too many")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -314,6 +323,7 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._reset()
         self._in_head = True
+        self._head_bytes = 0
         if not self.busy:
             self.waiting_since = self.loop.time()
 

@@ -9,15 +9,20 @@ import re
 import socket
 from pathlib import Path
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 
 from conftest import url, wait_for, write_config
 from test_hostile_clients import raw, request
+from router.audit import iter_records
+from router.client import Client
+from router.config import Limits
 from router.proxy import json_field
+from router.server import Connection, HttpServer
 from test_proxy import route
-from test_upstream_faults import read_request, tcp  # noqa: F401 - tcp is a fixture
+from test_upstream_faults import read_request, rst, tcp  # noqa: F401 - tcp is a fixture
 
 # -- upstream answers that cross requests ------------------------------------------------------
 #
@@ -260,7 +265,7 @@ async def test_refused_requests_are_never_forwarded_and_earlier_ones_are_answere
 
 UNSAFE_PATHS = ["/raw/..%2f..%2fadmin", "/raw/%2e%2e%2fadmin", "/raw/..;/admin",
                 "/raw/..\\admin", "/raw/a%5cb", "/raw/a%00b", "/raw/.%2E/admin",
-                "/raw/%252e%252e/admin", "/raw/a%252fb", "/raw/./admin"]
+                "/raw/%252e%252e/admin", "/raw/a%252fb", "/raw/./admin", "/raw/x/..#/admin"]
 
 
 @pytest.mark.parametrize("path", UNSAFE_PATHS, ids=UNSAFE_PATHS)
@@ -461,3 +466,139 @@ async def test_a_shadow_answer_over_max_body_is_dropped_not_buffered(tmp_path: P
         assert resp.status == 200
     dropped = 'model_router_shadow_dropped_total{reason="error",route="fraud",version="v2"} 1.0'
     await wait_for(lambda: dropped in app.metrics.render().decode())
+
+
+# -- found by the red-team pass over the hardening ---------------------------------------------
+
+
+class FakeTransport(asyncio.Transport):
+    """What the server's Connection writes, in memory: the in-process tier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = self.reading_paused = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def test_an_endless_request_header_line_is_431() -> None:
+    """llhttp hands a header line over only when it ends: the bytes are counted as they come,
+    so a line that never ends is refused at about 34 KB, not read for ever."""
+    handled = []
+
+    async def handler(request, conn):
+        handled.append(request)
+        return None
+
+    server = HttpServer(handler, lambda: Limits())
+    conn = Connection(server)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(b"GET /raw/x HTTP/1.1\r\nHost: r\r\nX-Big: ")
+    fed = 0
+    while fed < 4 * MIB and not conn._ignore_input:
+        conn.data_received(b"A" * 4096)
+        fed += 4096
+    assert fed <= 40 * 1024  # refused within the head limit, not after megabytes
+    await wait_for(lambda: transport.closed)
+    assert statuses(bytes(transport.written)) == [431] and handled == []
+
+
+async def test_an_endless_upstream_header_line_is_502_not_a_timeout(tmp_path: Path, tcp,
+                                                                    start_router,
+                                                                    client) -> None:
+    async def upstream(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Big: ")
+        for _ in range(1024):  # up to 4 MiB, never a line end (stops when the router hangs up)
+            writer.write(b"A" * 4096)
+            await writer.drain()
+
+    base = await tcp(upstream)
+    app = await start_router(write_config(tmp_path, [route({"v1": base + "/m"},
+                                                           protocol="raw", timeout_s=30)]))
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+        assert resp.status == 502  # not 504 after timeout_s: refused past 16 KB
+        assert (await resp.json())["code"] == "upstream_unavailable"
+
+
+async def test_a_flood_of_informational_answers_is_502(tmp_path: Path, tcp, start_router,
+                                                       client) -> None:
+    async def upstream(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 1000)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    base = await tcp(upstream)
+    app = await start_router(write_config(tmp_path, [route({"v1": base + "/m"},
+                                                           protocol="raw")]))
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+        assert resp.status == 502
+
+
+async def test_a_reset_inside_a_close_delimited_answer_is_not_a_complete_answer(
+        tmp_path: Path, tcp, start_router, client) -> None:
+    async def upstream(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial-data-")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the router has started streaming the answer
+        rst(writer)
+
+    base = await tcp(upstream)
+    app = await start_router(write_config(tmp_path, [route({"v1": base + "/m"},
+                                                           protocol="raw")]))
+    with pytest.raises(aiohttp.ClientPayloadError):  # the client sees the answer cut
+        async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+            await resp.read()
+    await app.predlog.flush()
+    record = next(iter(iter_records(tmp_path / "logs")))
+    assert record["error"] and "mid-response" in record["error"]
+
+
+async def test_a_paused_upstream_connection_is_resumed_before_it_is_reused() -> None:
+    """An answer can be complete while reading its connection is paused (a streamed answer
+    whose client stopped taking it); back in the pool the connection must read again, or the
+    next request on it waits for an answer it never reads: a 504 for another user."""
+    async def upstream(reader, writer) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    pool_client = Client()
+    try:
+        first = await pool_client.request("GET", base, "/one", [], None, None, 5)
+        await wait_for(lambda: first.complete)
+        first._served_by.pause()  # as the flow control leaves it when the client stops
+        first.release()
+        second = await pool_client.request("GET", base, "/two", [], None, None, 2)
+        assert await second.read() == b"ok"
+    finally:
+        pool_client.close()
+        server.close()

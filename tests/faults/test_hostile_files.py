@@ -465,3 +465,17 @@ async def test_injecting_config_by_reload_is_rejected(tmp_path: Path, upstreams,
     assert "x-injected" not in {k.lower() for k in seen["headers"]}
     assert app.live.snapshot.revision == revision
 
+
+
+def test_aliases_of_an_env_string_are_expanded_once() -> None:
+    """99,000 aliases of a 100 KB string holding ${VAR} once cost 39 s and 6 GB: each alias
+    was expanded into a new string. An alias is its anchor's object: expanded once, shared."""
+    from router.config import _expand_env
+    from router.problems import Problems
+
+    anchor = "A" * 100_000 + "${HOME}"
+    tree = {"pad": anchor, "bomb": [anchor] * 2_000, "nested": [{"k": anchor}] * 3}
+    out = _expand_env(Problems("router.yaml"), "", tree, {"HOME": "/root"})
+    assert out["pad"].endswith("/root")
+    assert all(item is out["pad"] for item in out["bomb"])
+    assert out["nested"][0] is out["nested"][2]

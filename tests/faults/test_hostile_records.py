@@ -382,3 +382,31 @@ async def test_log_files_are_0640_in_a_0750_directory(tmp_path: Path, upstreams,
     assert stat.S_IMODE(logs.stat().st_mode) == 0o750
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "state" / "log.key").stat().st_mode) == 0o600
+
+
+async def test_a_1024_deep_answer_leaves_a_record_readers_can_parse(tmp_path: Path, upstreams,
+                                                                      start_router,
+                                                                      client) -> None:
+    """orjson reads 1024 levels; a 1024-deep body embedded as it is made the record line
+    1025 deep, which no orjson reader could parse back."""
+    from aiohttp import web
+
+    deep = b"[" * 1024 + b"]" * 1024
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="application/json")
+
+    up = web.Application()
+    up.router.add_post("/m", echo)
+    base = await upstreams.start(up)
+    app = await start_router(write_config(tmp_path, [
+        {"name": "j", "match": {"path_prefix": "/j"}, "protocol": "json",
+         "versions": {"v1": {"url": base + "/m"}}, "split": {"v1": 100}}]))
+    async with client.post(f"http://127.0.0.1:{app.port}/j", data=deep,
+                           headers={"x-request-id": "deep-1024"}) as resp:
+        assert resp.status == 200
+    await app.predlog.flush()
+    lines = [line for path in (tmp_path / "logs").glob("*.jsonl")
+             for line in path.read_bytes().splitlines()]
+    records = [orjson.loads(line) for line in lines]  # every line parses
+    assert [r["request_id"] for r in records] == ["deep-1024"]
