@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from router.audit import LogQuery
+from router.analysis.audit import LogQuery
 
 
 def make_record(i: int, rng: random.Random) -> bytes:

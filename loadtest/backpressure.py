@@ -49,8 +49,19 @@ from typing import IO, Any, Literal
 import aiohttp
 import yaml
 
-from loadtest.__main__ import (BODY, HERE, PATH, ROOT, TWO_CPUS, Proc, free_port, pct, pinned,
-                               router_config, rss_mb)
+from loadtest.__main__ import (
+    BODY,
+    HERE,
+    PATH,
+    ROOT,
+    TWO_CPUS,
+    Proc,
+    free_port,
+    pct,
+    pinned,
+    router_config,
+    rss_mb,
+)
 
 MIB = 1 << 20
 TARGET = ("RSS growth bounded by (connections x ~1 MiB) and normal clients unaffected "

@@ -17,8 +17,8 @@ import orjson
 import yaml
 
 from router.config import load_snapshot
-from router.drift import DriftMonitor
 from router.metrics import Metrics
+from router.observers.drift import DriftMonitor
 
 REQUEST = {"inputs": [
     {"name": "amount", "datatype": "FP64", "shape": [1], "data": [12.5]},

@@ -23,8 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from .__main__ import (BODY, PATH, ROOT, WRK_LUA, Proc, free_port, pinned, router_config,
-                       wait_port)
+from .__main__ import (
+    BODY,
+    PATH,
+    ROOT,
+    WRK_LUA,
+    Proc,
+    free_port,
+    pinned,
+    router_config,
+    wait_port,
+)
 
 SCENARIOS = ("naive", "router_full", "router_nolog")
 

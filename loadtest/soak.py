@@ -22,7 +22,7 @@ import aiohttp
 import yaml
 
 from loadtest.__main__ import BODY, PATH, Proc, free_port, rss_mb
-from router.audit import iter_records
+from router.analysis.audit import iter_records
 
 
 def config(folder: Path, port: int, a: int, b: int, c: int, weight: int) -> None:

@@ -13,7 +13,7 @@ import timeit
 
 import orjson
 
-from router.registry import Field, Schema
+from router.config.registry import Field, Schema
 from router.validation import Validator
 
 

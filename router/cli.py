@@ -52,13 +52,13 @@ def _workers(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve
+    from .process.main import serve
     return serve(args.config, args.workers)
 
 
 def _raw_config(config: str) -> dict[str, Any]:
     """A router.yaml as plain YAML (no validation, no env): what the offline commands need."""
-    from . import yaml12
+    from .config import yaml12
 
     path = Path(config)
     doc = yaml12.loads(path.read_bytes()) if path.exists() else {}
@@ -90,7 +90,7 @@ def _table(rows: list[dict], columns: list[str]) -> None:
 
 def _log_inputs(args: argparse.Namespace) -> tuple[Path, Path, Any, Any] | None:
     """state_dir, log dir and the --since/--until times of a log-reading command."""
-    from .audit import parse_time
+    from .analysis.audit import parse_time
 
     state_dir, default_logs = _config_paths(args.config)
     log_dir = Path(args.log_dir) if args.log_dir else default_logs
@@ -107,7 +107,7 @@ def _log_inputs(args: argparse.Namespace) -> tuple[Path, Path, Any, Any] | None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from .audit import LogQuery, revision_context
+    from .analysis.audit import LogQuery, revision_context
 
     inputs = _log_inputs(args)
     if inputs is None:
@@ -156,8 +156,8 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from .audit import parse_time
-    from .history import History
+    from .analysis.audit import parse_time
+    from .control.history import History
 
     state_dir, _ = _config_paths(args.config)
     events = History(state_dir).read()
@@ -167,7 +167,8 @@ def _history(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"bad time: {exc}", file=sys.stderr)
             return 1
-        from .history import describe_state, in_force, iso
+        from .control.history import describe_state, in_force
+        from .timefmt import iso
         stamp = iso(at.timestamp())
         live = in_force(events, stamp)
         if live is None:
@@ -193,9 +194,9 @@ def _history(args: argparse.Namespace) -> int:
 
 def _registry_of(config: str) -> tuple[object, list[str]]:
     """The registry named by a router.yaml, parsed on its own (no routes, no env needed)."""
-    from . import yaml12
-    from .problems import Problems
-    from .registry import parse_registry
+    from .config import yaml12
+    from .config.problems import Problems
+    from .config.registry import parse_registry
 
     path = Path(config)
     name = _raw_config(config).get("registry", "registry.yaml")
@@ -211,9 +212,9 @@ def _baseline(args: argparse.Namespace) -> int:
     import orjson
     import yaml
 
-    from .baseline import build_baseline, infer_schema, read_rows
-    from .problems import Problems
-    from .registry import parse_schema
+    from .analysis.baseline import build_baseline, infer_schema, read_rows
+    from .config.problems import Problems
+    from .config.registry import parse_schema
 
     if args.from_log:
         return _output_baseline(args)
@@ -256,7 +257,7 @@ def _baseline(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import build_report, render_html, render_table
+    from .analysis.report import build_report, render_html, render_table
 
     inputs = _log_inputs(args)
     if inputs is None:
@@ -277,8 +278,8 @@ def _output_baseline(args: argparse.Namespace) -> int:
     """An output_baseline from the answers a version gave in a prediction-log window."""
     import orjson
 
-    from .audit import LogQuery, parse_time
-    from .baseline import output_baseline
+    from .analysis.audit import LogQuery, parse_time
+    from .analysis.baseline import output_baseline
 
     if not (args.route and args.version):
         print("--from-log needs --route and --version", file=sys.stderr)
@@ -354,7 +355,7 @@ def _rollout(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import demo
+    from .demo.run import demo
     return demo(args.dir, args.duration, story=not args.no_story)
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                               disable_created_metrics, generate_latest)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from .config import Snapshot
 
@@ -70,6 +76,9 @@ class Metrics:
                                   ["route"], registry=r, multiprocess_mode="livemax")
         self.predlog_records = Counter("model_router_predlog_records_total",
                                        "Prediction log records written.", registry=r)
+        self.observer_errors = Counter("model_router_observer_errors_total",
+                                       "Side effects that failed (logged with a traceback).",
+                                       ["observer"], registry=r)
         self.predlog_dropped = Counter("model_router_predlog_dropped_total",
                                        "Prediction log records lost (on_full: drop).",
                                        registry=r)
@@ -114,6 +123,9 @@ class Metrics:
         """Count each (field, kind) once per request; fields come from the schema."""
         for field, kind in {(v["field"] or "_request", v["kind"]) for v in violations}:
             self.count(self.schema_violations_total, route, field, kind)
+
+    def observer_error(self, observer: str) -> None:
+        self.count(self.observer_errors, observer)
 
     def reject(self, route: str, code: int) -> None:
         self.count(self.rejected, route, str(code))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .registry import Field, Schema
+from .config.registry import Field, Schema
 
 Violation = dict[str, Any]
 Check = Callable[[Any], "tuple[str, Any] | None"]

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from router.app import RouterApp
+from router.process.app import RouterApp
 
 REGISTRY = {
     "schemas": {

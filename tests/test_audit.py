@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import orjson
-
 from conftest import REGISTRY, url, wait_for, write_config
-from router.audit import LogQuery, parse_time
 from test_reload import rewrite
 from test_shadow import scorer
+
+from router.analysis.audit import LogQuery, parse_time
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from conftest import REGISTRY, write_config
+
 from router.config import load_snapshot
 from router.errors import ConfigError
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from conftest import REGISTRY, url, write_config
-from router.drift import feature_psi, psi
 from test_proxy import route
 from test_shadow import scorer
+
+from router.observers.drift import feature_psi, psi
 
 BASE_NUMERIC = {"kind": "numeric", "edges": [0, 10, 20, 30, 40],
                 "fractions": [0.25, 0.25, 0.25, 0.25]}

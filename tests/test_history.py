@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from router.history import describe_state, in_force
+from router.control.history import describe_state, in_force
 
 BG = {"active": "blue", "version": "v1"}
 

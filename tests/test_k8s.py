@@ -54,7 +54,7 @@ def test_manifests_are_consistent_with_the_router(tmp_path: Path) -> None:
         load_snapshot(folder / config_path.name, env={})
 
     # probes and scraping hit endpoints the admin server serves
-    from router.admin import build_admin
+    from router.control.admin import build_admin
 
     class Fake:
         pass

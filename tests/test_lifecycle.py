@@ -11,7 +11,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
 from conftest import free_port, write_config
 from test_proxy import route
 from test_reload import rewrite, set_split

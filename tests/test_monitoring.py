@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import admin_url, url, write_config
-from router.metrics import Metrics
+from prometheus_client.parser import text_string_to_metric_families
 from test_proxy import echo_versions, route
+
+from router.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = re.compile(r"\bmodel_router_[a-z0-9_]+")

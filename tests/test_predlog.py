@@ -11,14 +11,14 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-
 from conftest import admin_url, free_port, url, write_config
-from router.audit import iter_records
-from router.config import PredictionLogSettings
-from router.predlog import LogFiles, keyed_hash, payload
 from test_proxy import echo_versions, route
 from test_reload import rewrite
 from test_shadow import scorer, v2_answer
+
+from router.analysis.audit import iter_records
+from router.config import PredictionLogSettings
+from router.observers.predlog import LogFiles, keyed_hash, payload
 
 FIELDS = {"ts", "request_id", "route", "model", "version", "role", "reason", "upstream",
           "status", "latency_ms", "config_revision", "schema", "sticky_key", "input", "output",

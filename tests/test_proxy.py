@@ -11,9 +11,9 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-
 from conftest import Upstreams, free_port, url, write_config
-from router.audit import iter_records
+
+from router.analysis.audit import iter_records
 
 
 def route(urls: dict[str, str], **changes: Any) -> dict[str, Any]:
@@ -86,7 +86,7 @@ async def test_sticky_header_cookie_and_json_field(tmp_path: Path, upstreams, st
               split={"v1": 50, "v2": 50}, sticky={"json_field": "user_id"}),
     ]
     app = await start_router(write_config(tmp_path, routes))
-    from router.routing import by_bucket, sticky_bucket
+    from router.dataplane.routing import by_bucket, sticky_bucket
     for user in ("alice", "bob", "carol", "dave", "erin", "frank"):
         expected = {r.name: by_bucket(r, sticky_bucket(r.sticky.salt, user))
                     for r in app.live.snapshot.routes}
@@ -219,7 +219,7 @@ async def test_fallback_on_connect_error_and_503_not_on_timeout(tmp_path: Path, 
     ]
     app = await start_router(write_config(tmp_path, routes))
     seen: list[Any] = []
-    app.proxy.observers.append(seen.append)
+    app.proxy.observers.append(("test", seen.append))
     for prefix, status, version in (("/a", 200, "v1"), ("/b", 200, "v1"), ("/c", 504, "v2")):
         async with client.post(url(app, f"{prefix}/infer"), data=b"{}") as resp:
             assert resp.status == status, prefix
@@ -282,9 +282,9 @@ async def test_v2_server_endpoints(tmp_path: Path, upstreams, start_router, clie
 async def test_v2_server_metadata_reports_the_installed_version(tmp_path: Path, upstreams,
                                                                 start_router, client,
                                                                 monkeypatch) -> None:
-    import router.proxy
-    assert router.proxy.VERSION == importlib.metadata.version("model-router")
-    monkeypatch.setattr(router.proxy, "VERSION", "9.8.7")  # as if another release ran
+    import router.dataplane.proxy
+    assert router.dataplane.proxy.VERSION == importlib.metadata.version("model-router")
+    monkeypatch.setattr(router.dataplane.proxy, "VERSION", "9.8.7")  # as if another release ran
     app = await start_router(write_config(tmp_path, [route(await echo_versions(upstreams,
                                                                                 "v1"))]))
     async with client.get(url(app, "/v2")) as resp:

@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import yaml
-
 from conftest import admin_url, url, wait_for, write_config
 from test_proxy import echo_versions, route
 

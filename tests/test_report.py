@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from router.report import build_report
+from router.analysis.report import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_report_cli_json_table_and_html(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
-    from router.report import render_html
+    from router.analysis.report import render_html
     logs = synthetic(tmp_path, {"v1": 0.1, "v2": 0.1}, 500)
     page = tmp_path / "r.html"
     page.write_text(render_html(build_report(logs, tmp_path / "state"), logs))

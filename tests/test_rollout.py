@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-
 from conftest import admin_url, url, write_config
-from router.config import load_snapshot
-from router.errors import ConfigError
-from router.rollout import Arm, check_error_rate, check_latency
 from test_config import base_route
 from test_reload import rewrite
+
+from router.config import load_snapshot
+from router.control.rollout import Arm, check_error_rate, check_latency
+from router.errors import ConfigError
 
 
 def flaky(every: int | None, delay: float = 0.0) -> web.Application:
@@ -238,7 +238,7 @@ async def test_history_at_shows_the_rollout_weights_in_force(tmp_path: Path, ups
                                                              start_router, client,
                                                              capsys) -> None:
     from router.cli import main
-    from router.history import iso
+    from router.timefmt import iso
 
     both = await upstreams.start(flaky(None))
     clock = Clock()

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import write_config
-from router import routing
-from router.config import Route, load_snapshot
-from router.errors import BadOverride, VersionNotFound
 from test_config import base_route
+
+from router.config import Route, load_snapshot
+from router.dataplane import routing
+from router.errors import BadOverride, VersionNotFound
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,7 +153,7 @@ def test_match_table(tmp_path: Path, path: str, name: str | None, rest: str | No
 
 SCRIPT = """
 import sys
-from router.routing import sticky_bucket
+from router.dataplane.routing import sticky_bucket
 print(",".join(str(sticky_bucket("fraud", f"user-{i}")) for i in range(10000)))
 """
 

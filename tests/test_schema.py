@@ -11,15 +11,15 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-
 from conftest import REGISTRY, admin_url, url, wait_for, write_config
-from router.config import load_snapshot
-from router.errors import ConfigError
-from router.registry import Field, Schema
-from router.validation import Validator
 from test_config import base_route
 from test_proxy import echo_versions, route
 from test_reload import rewrite
+
+from router.config import load_snapshot
+from router.config.registry import Field, Schema
+from router.errors import ConfigError
+from router.validation import Validator
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAFFIC_10D = {"fields": {
@@ -236,7 +236,7 @@ async def test_enforce_log_and_off_through_the_proxy(tmp_path: Path, upstreams, 
     assert 'route="off"' not in "".join(line for line in text.splitlines()
                                         if "schema_violations_total{" in line)
     await app.predlog.flush()
-    from router.audit import iter_records
+    from router.analysis.audit import iter_records
     all_records = iter_records(tmp_path / "logs")
     assert [r["status"] for r in all_records if r["route"] == "enforce"] == [422, 200, 400]
     records = {r["route"]: r for r in all_records}

@@ -12,11 +12,11 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-
 from conftest import free_port, url, wait_for, write_config
-from router.audit import iter_records
-from router.shadow import compare
 from test_proxy import route
+
+from router.analysis.audit import iter_records
+from router.observers.shadow import compare
 
 
 def v2_answer(scores: list[float], model_version: str = "1.0.0") -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from router.timers import Deadlines
+from router.dataplane.timers import Deadlines
 
 
 async def test_fires_once_never_early_and_within_a_slot() -> None:

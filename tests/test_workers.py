@@ -7,15 +7,15 @@ import sys
 from pathlib import Path
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import free_port, write_config
-from router.audit import iter_records
-from router.routing import by_bucket, sticky_bucket
-from router.config import load_snapshot
+from prometheus_client.parser import text_string_to_metric_families
 from test_lifecycle import Served, wait_ready
 from test_proxy import echo_versions, route
 from test_reload import rewrite, set_split
+
+from router.analysis.audit import iter_records
+from router.config import load_snapshot
+from router.dataplane.routing import by_bucket, sticky_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 

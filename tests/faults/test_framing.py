@@ -13,16 +13,16 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-
 from conftest import url, wait_for, write_config
 from test_hostile_clients import raw, request
-from router.audit import iter_records
-from router.client import Client
-from router.config import Limits
-from router.proxy import json_field
-from router.server import Connection, HttpServer
 from test_proxy import route
 from test_upstream_faults import read_request, rst, tcp  # noqa: F401 - tcp is a fixture
+
+from router.analysis.audit import iter_records
+from router.bodies import json_field
+from router.config import Limits
+from router.dataplane.client import Client
+from router.dataplane.server import Connection, HttpServer
 
 # -- upstream answers that cross requests ------------------------------------------------------
 #

@@ -40,10 +40,9 @@ import httptools
 import orjson
 import pytest
 from aiohttp import web
+from conftest import write_config
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
-
-from conftest import write_config
 from test_proxy import route
 
 LIMIT = 10 * 1024            # the router's max body, in bytes (max_body_mb = LIMIT / 2**20)

@@ -9,15 +9,15 @@ from typing import Any
 import orjson
 import pytest
 import yaml
+from conftest import url, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import url, write_config
-from router.config import load_snapshot
-from router.errors import ConfigError
-from router.registry import Field, Schema
-from router.validation import Validator
 from test_proxy import route
+
+from router.config import load_snapshot
+from router.config.registry import Field, Schema
+from router.errors import ConfigError
+from router.validation import Validator
 
 
 async def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:

@@ -23,13 +23,13 @@ from typing import Any
 
 import orjson
 import pytest
-
 from conftest import REGISTRY, admin_url, url, wait_for, write_config
-from router.app import RouterApp
-from router.config import load_snapshot
-from router.errors import ConfigError
 from test_reload import rewrite
 from test_rollout import rollout_route
+
+from router.config import load_snapshot
+from router.errors import ConfigError
+from router.process.app import RouterApp
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE_LIMIT = 64 * 1024 * 1024  # DESIGN.md: a baseline is at most 64 MB
@@ -470,8 +470,8 @@ async def test_injecting_config_by_reload_is_rejected(tmp_path: Path, upstreams,
 def test_aliases_of_an_env_string_are_expanded_once() -> None:
     """99,000 aliases of a 100 KB string holding ${VAR} once cost 39 s and 6 GB: each alias
     was expanded into a new string. An alias is its anchor's object: expanded once, shared."""
-    from router.config import _expand_env
-    from router.problems import Problems
+    from router.config.load import _expand_env
+    from router.config.problems import Problems
 
     anchor = "A" * 100_000 + "${HOME}"
     tree = {"pad": anchor, "bomb": [anchor] * 2_000, "nested": [{"k": anchor}] * 3}

@@ -21,20 +21,21 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-
 from conftest import url, wait_for, write_config
-from router.audit import iter_records
-from router.config import PredictionLogSettings, load_snapshot
-from router.drift import input_columns, output_columns
-from router.errors import BadOverride
-from router.predlog import Entry, PredictionLog, valid_text
-from router.registry import Field, Schema
-from router.report import build_report, render_table
-from router.routing import decide, sticky_bucket
-from router.shadow import compare, prediction_rows
-from router.validation import Validator
 from test_proxy import route
 from test_shadow import scorer, v2_answer
+
+from router.analysis.audit import iter_records
+from router.analysis.report import build_report, render_table
+from router.bodies import input_columns, output_columns
+from router.config import PredictionLogSettings, load_snapshot
+from router.config.registry import Field, Schema
+from router.dataplane.routing import decide, sticky_bucket
+from router.errors import BadOverride
+from router.observers.predlog import PredictionLog, valid_text
+from router.records import Entry
+from router.observers.shadow import compare, prediction_rows
+from router.validation import Validator
 
 VALID_INPUTS = [{"name": "amount", "datatype": "FP64", "shape": [1], "data": [9.5]},
                 {"name": "avg_purchase_last_7_days", "datatype": "FP64", "shape": [1],

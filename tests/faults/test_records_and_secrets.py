@@ -13,12 +13,12 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-
 from conftest import admin_url, free_port, url, write_config
-from router.audit import iter_records, torn_files
 from test_lifecycle import Served, start_serve, wait_ready
 from test_proxy import route
 from test_shadow import scorer
+
+from router.analysis.audit import iter_records, torn_files
 
 ROOT = Path(__file__).resolve().parents[2]
 

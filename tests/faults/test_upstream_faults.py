@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-
 from conftest import url, write_config
 from test_proxy import echo_versions, route
 from test_shadow import scorer
@@ -218,7 +217,7 @@ async def test_5xx_storm_ejects_the_replica_and_probes_it_back(tmp_path: Path, u
     cfg = route({"v1": a}, outlier={"consecutive_failures": 3, "ejection_s": 0.5})
     cfg["versions"]["v1"] = {"urls": [a, b]}
     app = await start_router(write_config(tmp_path, [cfg]))
-    from router.upstream import Balancer
+    from router.dataplane.upstream import Balancer
     now = [1000.0]
     app.proxy.balancer = Balancer(clock=lambda: now[0])  # the cool-down on a fake clock
 

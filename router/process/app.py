@@ -7,38 +7,29 @@ stops them in reverse order. ``serve`` is the process entry: uvloop, signals, ex
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .admin import build_admin
-from .client import Client
-from .config import Snapshot, load_snapshot
-from .drift import DriftMonitor
-from .errors import ConfigError
-from .history import History
-from .metrics import Metrics
-from .predlog import PredictionLog, load_log_key
-from .proxy import Live, Proxy
-from .reload import Reloader, Watcher
-from .rollout import Controller, LocalEvidence
-from .server import HttpServer
-from .shadow import Shadows
-
-if TYPE_CHECKING:
-    from .workers import Supervisor
+from ..config import Live, Snapshot, load_snapshot
+from ..control.admin import build_admin
+from ..control.history import History
+from ..control.reload import Reloader, Watcher
+from ..control.rollout import Controller, LocalEvidence
+from ..dataplane.client import Client
+from ..dataplane.proxy import Proxy
+from ..dataplane.server import HttpServer
+from ..metrics import Metrics
+from ..observers.drift import DriftMonitor
+from ..observers.predlog import PredictionLog, load_log_key
+from ..observers.shadow import Shadows
 
 log = logging.getLogger("model_router")
 
 SHADOW_DRAIN_S = 5.0
-GC_YOUNG = 20_000
 
 
 class RouterApp:
@@ -79,10 +70,10 @@ class RouterApp:
             self.predlog.start()
         self.proxy.predlog = self.predlog
         self.shadows = Shadows(self.client, self.metrics, self.predlog, self.proxy.balancer)
-        self.proxy.shadows = self.shadows
         self.drift = DriftMonitor(self.metrics)
         self.drift.configure(snapshot)
-        self.proxy.drift = self.drift
+        self.proxy.observers += [("drift", self.drift.exchange),
+                                 ("shadow", self.shadows.exchange)]
         self._spawn(self.drift.run(self.live))
         self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
         self.reloader.on_applied.append(self.drift.configure)
@@ -92,10 +83,11 @@ class RouterApp:
             self.rollouts = Controller(snapshot.state_dir, self.history, evidence,
                                        self.metrics, clock=self.rollout_clock)
             self.rollouts.live = self.live
+            self.rollouts.refresh = self.reloader.refresh
             self.reloader.transforms.append(self.rollouts.transform)
-            self.proxy.observers.append(evidence.exchange)
+            self.proxy.observers.append(("rollout", evidence.exchange))
             self.shadows.observers.append(evidence.shadow)
-            self.proxy.feedback_observers.append(evidence.feedback)
+            self.proxy.feedback_observers.append(("rollout", evidence.feedback))
             if self.run_rollouts:
                 self._spawn(self.rollouts.run())
             self.reloader.applied(snapshot)
@@ -165,64 +157,3 @@ class RouterApp:
             await runner.cleanup()
         self._runners.clear()
         log.info("stopped")
-
-
-async def _serve(config_path: Path, workers: int = 1) -> int:
-    app: RouterApp | Supervisor
-    if workers > 1:
-        from .workers import Supervisor
-        app = Supervisor(config_path, workers)
-    else:
-        app = RouterApp(config_path)
-    try:
-        await app.start()
-    except ConfigError as exc:
-        for line in exc.errors:
-            log.error("%s", line)
-        return 1
-    except (OSError, RuntimeError) as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_sighup() -> None:
-        app._spawn(_reload_quietly(app))
-
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    await stop.wait()
-    log.info("signal received: draining")
-    await app.stop()
-    return 0
-
-
-async def _reload_quietly(app: RouterApp) -> None:
-    try:
-        await app.reloader.reload("sighup")
-    except ConfigError:
-        pass  # logged, counted and kept in history by the reloader
-
-
-def run(coro: Any) -> Any:
-    """Run a coroutine on uvloop (asyncio's loop where uvloop is unavailable)."""
-    # Work sent to threads (config loads on reload, baseline reads) runs Python; a short
-    # switch interval keeps such a thread from holding the GIL for the default 5 ms while
-    # requests wait (tail latency).
-    sys.setswitchinterval(0.0005)
-    # Every request allocates a few hundred short-lived objects; with the default young
-    # generation of 700 the collector runs every few requests and rescans what the requests
-    # in flight hold. Freeze what startup built and collect the young generation less often.
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG, 10, 10)
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
-def serve(config_path: str | Path, workers: int = 1) -> int:
-    """Run the router until SIGTERM/SIGINT; returns the process exit code."""
-    return int(run(_serve(Path(config_path), workers)))

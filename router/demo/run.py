@@ -30,10 +30,10 @@ import orjson
 import yaml
 from aiohttp import web
 
-from .app import RouterApp
-from .baseline import build_baseline
-from .demo_models import MODELS, make_app
-from .registry import Field, Schema
+from ..analysis.baseline import build_baseline
+from ..config.registry import Field, Schema
+from ..process.app import RouterApp
+from .models import MODELS, make_app
 
 COUNTRIES = ("US", "DE", "FR")
 COUNTRY_WEIGHTS = (0.6, 0.3, 0.1)
@@ -305,8 +305,8 @@ async def bad_deploy(folder: Path, ports: dict[str, int]) -> str:
 
 
 def finale(folder: Path, stats: Stats) -> None:
-    from .audit import LogQuery, revision_context
-    from .report import build_report, render_table
+    from ..analysis.audit import LogQuery, revision_context
+    from ..analysis.report import build_report, render_table
 
     logs, state = folder / "logs", folder / "state"
     print("\n== audit of one request: which model made this prediction? ==")
@@ -337,5 +337,5 @@ Try next:
 
 
 def demo(folder: str = "demo", duration: float = 40.0, story: bool = True) -> int:
-    from .app import run
+    from ..process.runtime import run
     return int(run(run_demo(Path(folder), duration, story)))

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Literal
 
-from .config import BUCKETS, Route
-from .errors import BadOverride, VersionNotFound
+from ..config import BUCKETS, Route
+from ..errors import BadOverride, VersionNotFound
 
 Reason = Literal["split", "sticky", "override", "pinned", "blue_green", "rollout", "fallback",
                  "shadow"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .history import iso
+from ..timefmt import iso
 
 log = logging.getLogger("model_router.audit")
 
@@ -194,7 +194,7 @@ def revision_context(state_dir: Path, revision: str | None, route: str | None,
     Read as plain YAML from ``<state_dir>/revisions/<rev>/`` (not compiled: an old revision
     must stay readable even when its TLS files or environment are gone).
     """
-    from . import yaml12
+    from ..config import yaml12
 
     out: dict[str, Any] = {"revision": revision, "registry_entry": None, "route": None,
                            "problem": None}

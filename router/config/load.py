@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 
+from ..errors import ConfigError
+from ..validation import Validator
 from . import yaml12
-from .errors import ConfigError
 from .problems import Problems, join, nearest
 from .registry import EMPTY, Registry, gate, load_baselines, parse_registry
-from .validation import Validator
 
 Protocol = Literal["v2", "json", "raw"]
 Validation = Literal["enforce", "log", "off"]
@@ -245,6 +245,18 @@ class Snapshot:
 
 
 # -- loading -----------------------------------------------------------------------------------
+
+class Live:
+    """The one mutable reference to the applied snapshot; swapped whole, never edited."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def __repr__(self) -> str:
+        return f"<Live revision={self.snapshot.revision}>"
+
 
 def revision_of(files: Mapping[str, bytes]) -> str:
     digest = hashlib.sha256()

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .registry import Schema
+from ..bodies import category, output_columns
+from ..config.registry import Schema
 
 BINS = 10
 ENUM_MAX = 20           # --infer: strings with at most this many values become an enum
@@ -53,13 +54,6 @@ def _typed(value: Any, kind: str) -> Any:
             return str(value).strip().lower() in ("1", "true", "yes", "t")
     except (TypeError, ValueError):
         return None
-    return str(value)
-
-
-def category(value: Any) -> str:
-    """How a categorical value is keyed in a baseline (booleans as true/false)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
     return str(value)
 
 
@@ -135,7 +129,6 @@ def _guess(values: list[Any]) -> str:
 
 def output_baseline(outputs: Iterable[Any], schema_id: str = "outputs") -> dict[str, Any]:
     """A baseline of model outputs (V2 ``outputs`` or ``predictions``), e.g. from the log."""
-    from .drift import output_columns
 
     columns: dict[str, list[Any]] = {}
     rows = 0

@@ -24,14 +24,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import orjson
 
-from .config import PredictionLogSettings, Route
-from .history import iso
+from ..config import PredictionLogSettings
+from ..records import Record
+from ..timefmt import iso
 
 log = logging.getLogger("model_router.predlog")
 
@@ -190,67 +190,6 @@ def served_model_version(output: Any) -> str | None:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     return None
-
-
-class Record(Protocol):
-    """What a log entry offers the writer: an ``Entry``, or the proxy's ``Exchange``."""
-
-    ts: float
-    request_id: str
-    route: Route | None
-    role: str
-    version: str | None
-    reason: str | None
-    upstream: str | None
-    status: int
-    sticky_key: str | None
-    request_body: bytes | None
-    response_body: bytes | None
-    response_truncated: bool
-    response_total: int | None
-    fallback_from: str | None
-    compare: dict[str, Any] | None
-    error: str | None
-    violations: list[dict[str, Any]] | None
-    trace_id: str | None
-    outcome: dict[str, Any] | None
-    valid_json: bool               # the request body is known to be JSON
-    answer: Any                    # the answer parsed as JSON, when already parsed (or None)
-
-    @property
-    def revision(self) -> str: ...
-
-    @property
-    def latency_ms(self) -> float: ...
-
-
-@dataclass(slots=True)
-class Entry:
-    """A shadow or feedback record (the proxy's primary records are its Exchanges)."""
-
-    ts: float
-    request_id: str
-    route: Route | None
-    revision: str
-    role: str
-    version: str | None
-    reason: str | None
-    upstream: str | None
-    status: int
-    latency_ms: float
-    sticky_key: str | None
-    request_body: bytes | None
-    response_body: bytes | None
-    response_truncated: bool = False
-    response_total: int | None = None
-    fallback_from: str | None = None
-    compare: dict[str, Any] | None = None
-    error: str | None = None
-    violations: list[dict[str, Any]] | None = None
-    trace_id: str | None = None
-    outcome: dict[str, Any] | None = None
-    valid_json: bool = False
-    answer: Any = None
 
 
 def _redacted(violations: list[dict[str, Any]] | None, names: frozenset[str],

@@ -10,32 +10,15 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .config import Snapshot
+from ..config import Snapshot
+from ..timefmt import iso
 
 log = logging.getLogger("model_router.history")
-
-
-_second: tuple[int, str] = (-1, "")
-
-
-def iso(ts: float) -> str:
-    """UTC ISO 8601 with milliseconds and a Z, the log's timestamp format.
-
-    The formatted second is cached: records arrive thousands per second.
-    """
-    global _second
-    second = int(ts)
-    cached = _second  # one read of one tuple: safe from the writer thread too
-    if cached[0] != second:
-        cached = _second = (second, datetime.fromtimestamp(second, timezone.utc).strftime(
-            "%Y-%m-%dT%H:%M:%S"))
-    return f"{cached[1]}.{int((ts - second) * 1000):03d}Z"
 
 
 def route_states(snapshot: Snapshot) -> dict[str, Any]:

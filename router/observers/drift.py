@@ -26,15 +26,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from .baseline import category
-from .config import Route, Snapshot
+from ..bodies import category, input_columns, output_columns
+from ..config import Route, Snapshot
+from ..records import Exchange
 
 log = logging.getLogger("model_router.drift")
 
 EPS = 1e-4
 OTHER = "__other__"
 INTERVAL_S = 5.0
-MAX_NESTING = 64           # values nested deeper are not features: skipped
 
 
 def psi(live: list[float], base: list[float]) -> float:
@@ -81,92 +81,6 @@ def control_version(route: Route) -> str:
     if route.blue_green is not None:
         return route.blue_green.blue
     return route.split[0][0] if route.split else next(iter(route.versions))
-
-
-def input_columns(doc: Any, protocol: str) -> dict[str, list[Any]]:
-    """Feature name -> values of one request body (v2 named inputs, json rows/columns).
-
-    A feature whose values nest over MAX_NESTING deep is left out (never raised).
-    """
-    out: dict[str, list[Any]] = {}
-    if not isinstance(doc, dict):
-        rows = doc if isinstance(doc, list) else []
-    elif protocol == "v2":
-        for tensor in doc.get("inputs") or []:
-            if isinstance(tensor, dict) and isinstance(tensor.get("name"), str):
-                values = _flat(tensor.get("data"))
-                if values is not None:
-                    out[tensor["name"]] = values
-        return out
-    elif isinstance(doc.get("instances"), list):
-        rows = doc["instances"]
-    elif isinstance(doc.get("inputs"), dict):
-        return {k: values for k, v in doc["inputs"].items()
-                if (values := _flat(v)) is not None}
-    elif isinstance(doc.get("inputs"), list):
-        rows = doc["inputs"]
-    else:
-        rows = [doc]
-    for row in rows:
-        if isinstance(row, dict):
-            for k, v in row.items():
-                if not isinstance(v, (list, dict)) or not _nested_over(v, MAX_NESTING):
-                    out.setdefault(k, []).append(v)
-    return out
-
-
-def output_columns(doc: Any) -> dict[str, list[Any]]:
-    """Output name -> values of a V2 answer, or ``predictions`` of a JSON answer."""
-    if not isinstance(doc, dict):
-        return {}
-    if isinstance(doc.get("outputs"), list):
-        return {t["name"]: values for t in doc["outputs"]
-                if isinstance(t, dict) and isinstance(t.get("name"), str)
-                and (values := _flat(t.get("data"))) is not None}
-    if isinstance(doc.get("predictions"), list):
-        values = _flat(doc["predictions"])
-        return {"predictions": values} if values is not None else {}
-    return {}
-
-
-def _flat(data: Any) -> list[Any] | None:
-    """Every value of nested lists, in order; None when they nest over MAX_NESTING deep.
-
-    Walked with its own stack: deep input is skipped, never a RecursionError per request (or
-    later, when a too-deep value would be keyed as a category).
-    """
-    if not isinstance(data, list):
-        too_deep = isinstance(data, dict) and _nested_over(data, MAX_NESTING)
-        return None if too_deep else [data]
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, (list, dict)):  # one check per value on the common path
-                if isinstance(item, dict):
-                    if _nested_over(item, MAX_NESTING - len(stack)):
-                        return None
-                elif len(stack) >= MAX_NESTING:
-                    return None
-                else:
-                    stack.append(iter(item))  # descend; this level resumes where it stopped
-                    break
-            out.append(item)
-        else:
-            stack.pop()
-    return out
-
-
-def _nested_over(value: Any, limit: int) -> bool:
-    """Lists and objects in ``value`` nest more than ``limit`` deep."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
-    return False
 
 
 class _Window:
@@ -218,6 +132,18 @@ class DriftMonitor:
                     outputs[(route.name, name)] = old if old and old.baseline == out_base \
                         else _Window(out_base, route.drift.window_rows)
         self.inputs, self.outputs = inputs, outputs
+
+    def exchange(self, ex: Exchange) -> None:
+        """The observer: sample a finished, answered inference into the windows."""
+        if not ex.inference or ex.status >= 400 or not self.sampled(ex.route):
+            return
+        doc = ex.doc
+        if doc is None and ex.route.protocol != "raw":
+            try:
+                doc = orjson.loads(ex.request_body)
+            except orjson.JSONDecodeError:
+                doc = None  # not JSON (validation off): no features, the answer still counts
+        self.observe(ex.route, ex.version, doc, ex.response_body)
 
     def sampled(self, route: Route) -> bool:
         return (route.name in self.inputs or bool(self.outputs)) and \

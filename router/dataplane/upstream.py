@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from ..config import Outlier, Version
+from ..errors import UpstreamTimeout, UpstreamUnavailable
 from .client import ConnectFailed, ConnectionReset
-from .config import Outlier, Version
-from .errors import UpstreamTimeout, UpstreamUnavailable
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",

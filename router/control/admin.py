@@ -21,10 +21,10 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .app import RouterApp
+    from ..process.app import RouterApp
 
 
 def _json(data: Any, status: int = 200) -> web.Response:

@@ -36,11 +36,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import orjson
-from scipy import stats
 
-from .config import Rollout, Route, Snapshot
-from .history import History, iso
-from .report import wilson
+from ..config import Live, Rollout, Route, Snapshot
+from ..stats import wilson
+from ..timefmt import iso
+from .history import History
 
 log = logging.getLogger("model_router.rollout")
 
@@ -184,6 +184,7 @@ def check_error_rate(base: Arm, canary: Arm, max_increase: float, alpha: float,
     se = math.sqrt(max(pb * (1 - pb), 1e-12) / base.requests
                    + max(pc * (1 - pc), 1e-12) / canary.requests)
     z = (pc - pb - max_increase) / se
+    from scipy import stats  # loaded when a rollout is first judged, not by serving
     p_value = float(stats.norm.sf(z))
     return {"check": "error_rate", "failed": p_value < alpha, "baseline": pb, "canary": pc,
             "max_increase": max_increase, "z": z, "p_value": p_value}
@@ -196,6 +197,7 @@ def check_latency(base: Arm, canary: Arm, max_ratio: float, alpha: float,
     if nb < 20 or nc < 20:
         return {"check": "latency", "failed": False, "reason": "fewer than 20 samples"}
     q = 99 if min(nb, nc) >= P99_MIN_SAMPLES else 90
+    from scipy import stats
 
     def ratio(c: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.percentile(c, q, axis=axis) / np.maximum(np.percentile(b, q, axis=axis),
@@ -279,7 +281,8 @@ class Controller:
         self.metrics = metrics
         self.clock = clock
         self.states: dict[str, RolloutState] = self._load()
-        self.live: Any = None            # proxy.Live, set by the app
+        self.live: Live | None = None    # the snapshot in force, set by the app
+        self.refresh: Callable[[], None] | None = None  # the reloader's, set by the app
         self._last_judged: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -331,8 +334,8 @@ class Controller:
 
     def _apply(self) -> None:
         """Swap in the live snapshot with the current weights (one reference)."""
-        if self.live is not None:
-            self.live.snapshot = self.transform(self.live.snapshot)
+        if self.live is not None and self.refresh is not None:
+            self.refresh()  # the reloader reruns the transforms, this one included
             for route in self.live.snapshot.routes:
                 if route.rollout is not None:
                     for version, weight in route.weights().items():

@@ -18,22 +18,30 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from . import __version__, routing
+from .. import __version__
+from ..bodies import json_field
+from ..config import Live, Route, Snapshot
+from ..errors import (
+    BadRequest,
+    BodyTooLarge,
+    Draining,
+    NoRoute,
+    Overloaded,
+    PredictionLogUnavailable,
+    RouterError,
+    SchemaViolation,
+    UpstreamUnavailable,
+)
+from ..metrics import UNMATCHED, Metrics
+from ..records import Entry, Exchange, Observer, RecordSink
+from . import routing
 from .client import BadResponse, Client, UpstreamError
 from .client import Response as UpstreamResponse
-from .config import Route, Snapshot
-from .drift import DriftMonitor
-from .errors import (BadRequest, BodyTooLarge, Draining, NoRoute, Overloaded,
-                     PredictionLogUnavailable, RouterError, SchemaViolation, UpstreamUnavailable)
-from .metrics import UNMATCHED, Metrics
-from .predlog import Entry, PredictionLog
 from .server import Connection, Request, Response, json_response
-from .shadow import Shadows
 from .upstream import Balancer, request_headers, response_headers, translate
 
 log = logging.getLogger("model_router.proxy")
@@ -51,64 +59,6 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}"
 _ENCODED_SEPARATORS = ("%2f", "%5c", "%00", "%252f", "%255c", "%2500", "%c0%ae", "%c0%af")
 
 
-class Live:
-    """The one mutable reference to the applied snapshot; swapped whole, never edited."""
-
-    __slots__ = ("snapshot",)
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.snapshot = snapshot
-
-    def __repr__(self) -> str:
-        return f"<Live revision={self.snapshot.revision}>"
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One finished request on a route, handed to observers after the last byte went out."""
-
-    ts: float                      # wall clock when the request headers arrived
-    request_id: str
-    snapshot: Snapshot
-    route: Route
-    method: str
-    version: str | None
-    reason: str | None
-    upstream: str | None
-    status: int
-    latency_s: float
-    request_body: bytes
-    response_body: bytes | None
-    response_truncated: bool
-    fallback_from: str | None
-    error: str | None
-    sticky_key: str | None
-    trace_id: str | None
-    headers: Any                   # the client's headers (immutable), for shadow copies
-    peer: str | None
-    suffix: str = ""               # forwarded path remainder + query
-    response_total: int | None = None
-    violations: list[dict[str, Any]] | None = None
-    doc: Any = None                # the parsed request body, when something parsed it
-    valid_json: bool = False       # the request body parsed as JSON
-    answer: Any = None             # the parsed answer, when the proxy parsed it
-
-    # What the prediction log reads besides the fields above: an Exchange is its own entry
-    # (no copy on the hot path); it is never changed after it is handed over.
-    role = "primary"
-    compare = None
-    outcome = None
-
-    @property
-    def revision(self) -> str:
-        return self.snapshot.revision
-
-    @property
-    def latency_ms(self) -> float:
-        return self.latency_s * 1000
-
-
-Observer = Callable[[Exchange], None]
 
 
 def error_response(err: RouterError, request_id: str, route: str | None = None,
@@ -177,33 +127,6 @@ def id_mismatch(request: Any, answer: Any) -> str | None:
     return f"{want[:64]!r} != {str(got)[:64]!r}"
 
 
-def json_field(doc: Any, key: str) -> str | None:
-    """A sticky key from a JSON body: top level, first row of instances/inputs, or a V2 input."""
-    if isinstance(doc, dict):
-        if key in doc and not isinstance(doc[key], (dict, list)):
-            return str(doc[key])
-        for rows_key in ("instances", "inputs"):
-            rows = doc.get(rows_key)
-            if isinstance(rows, list) and rows:
-                first = rows[0]
-                if isinstance(first, dict):
-                    if first.get("name") == key and isinstance(first.get("data"), list) \
-                            and first["data"]:
-                        value = first["data"][0]
-                        while isinstance(value, list) and value:
-                            value = value[0]
-                        return None if isinstance(value, (list, dict)) else str(value)
-                    for row in rows:
-                        if isinstance(row, dict) and row.get("name") == key:
-                            return json_field({"inputs": [row]}, key)
-                    if key in first and not isinstance(first[key], (dict, list)):
-                        return str(first[key])
-            elif isinstance(rows, dict) and key in rows:  # {"inputs": {features}}
-                value = rows[key]
-                return None if isinstance(value, (dict, list)) else str(value)
-    return None
-
-
 class Proxy:
     """The request handler; ``handle`` is what the HTTP server calls."""
 
@@ -216,14 +139,12 @@ class Proxy:
         self.client = client
         self.metrics = metrics
         self.balancer = balancer or Balancer()
-        self.predlog: PredictionLog | None = None
-        self.shadows: Shadows | None = None
-        self.drift: DriftMonitor | None = None
-        self.observers: list[Observer] = []
-        self.feedback_observers: list[Callable[[str, dict[str, Any]], None]] = []
+        # Wired at start-up (process/app): the log's sink and the named observers.
+        self.predlog: RecordSink | None = None
+        self.observers: list[tuple[str, Observer]] = []
+        self.feedback_observers: list[tuple[str, Callable[[str, dict[str, Any]], None]]] = []
         self.inflight = 0
         self.draining = False
-        self.observer_errors = 0
         self._clock = clock
         self._wall = wall
         self._rand = rand
@@ -286,7 +207,7 @@ class Proxy:
                       status=0, latency_s=0.0, request_body=b"", response_body=None,
                       response_truncated=False, fallback_from=None, error=None,
                       sticky_key=None, trace_id=trace_id(request.headers.get("traceparent")),
-                      headers=request.headers, peer=request.remote)
+                      headers=request.headers, peer=request.remote, inference=inference)
         try:
             response = await self._exchange(request, conn, route, rest, ex)
         finally:
@@ -295,7 +216,7 @@ class Proxy:
                 ex.error = ex.error or "cancelled before an answer"
             # After this task step, i.e. once the server wrote the answer: the record and
             # the metrics never delay the response.
-            asyncio.get_running_loop().call_soon(self._notify, ex, inference, reserved)
+            asyncio.get_running_loop().call_soon(self._notify, ex, reserved)
         return response
 
     async def _exchange(self, request: Request, conn: Connection, route: Route, rest: str,
@@ -514,59 +435,35 @@ class Proxy:
             if not reserved:
                 return error_response(PredictionLogUnavailable(
                     "the prediction log cannot take the feedback"), request_id)
-            try:
-                self.predlog.add(Entry(
-                    ts=ts, request_id=doc["request_id"], route=None,
-                    revision=snapshot.revision, role="feedback", version=None, reason=None,
-                    upstream=None, status=202, latency_ms=0.0, sticky_key=None,
-                    request_body=None, response_body=None, outcome=doc["outcome"]),
-                    reserved=True)
-            except Exception:  # noqa: BLE001 - a side effect never breaks the answer
-                self.observer_errors += 1
-                log.exception("feedback record failed for %s", doc["request_id"])
-        for observer in self.feedback_observers:
-            try:
-                observer(doc["request_id"], doc["outcome"])
-            except Exception:  # noqa: BLE001
-                log.exception("feedback observer %r failed", observer)
+            self._guarded("predlog", self.predlog.add, Entry(
+                ts=ts, request_id=doc["request_id"], route=None,
+                revision=snapshot.revision, role="feedback", version=None, reason=None,
+                upstream=None, status=202, latency_ms=0.0, sticky_key=None,
+                request_body=None, response_body=None, outcome=doc["outcome"]), True)
+        for name, observer in self.feedback_observers:
+            self._guarded(name, observer, doc["request_id"], doc["outcome"])
         return json_response(202, {"request_id": doc["request_id"], "accepted": True})
 
-    def _notify(self, ex: Exchange, inference: bool, reserved: bool) -> None:
-        """Record a finished exchange: metrics, prediction log, shadows, observers.
+    def _notify(self, ex: Exchange, reserved: bool) -> None:
+        """Hand a finished exchange to the metrics, the prediction log and every observer.
 
-        Called exactly once per matched request, after the last byte went out; side effects
-        fail here, are logged and counted, and never reach the client.
+        Called exactly once per matched request, after the last byte went out (call_soon);
+        never raises: each side effect fails alone in ``_guarded``.
         """
         self.metrics.observe(ex.route.name, ex.version, "primary", ex.status, ex.latency_s)
-        if self.predlog is not None and inference:
-            try:
-                self.predlog.add(ex, reserved)
-            except Exception:  # noqa: BLE001
-                self.observer_errors += 1
-                log.exception("prediction log entry failed for %s", ex.request_id)
-        elif reserved and self.predlog is not None:
-            self.predlog.release()
-        if self.drift is not None and inference and ex.status < 400 \
-                and self.drift.sampled(ex.route):
-            try:
-                doc = ex.doc
-                if doc is None and ex.route.protocol != "raw":
-                    doc = orjson.loads(ex.request_body)
-                self.drift.observe(ex.route, ex.version, doc, ex.response_body)
-            except Exception:  # noqa: BLE001
-                self.observer_errors += 1
-                log.exception("drift sampling failed for %s", ex.request_id)
-        if self.shadows is not None and inference and ex.route.shadows \
-                and ex.upstream is not None:
-            try:
-                self.shadows.mirror(ex)
-            except Exception:  # noqa: BLE001
-                self.observer_errors += 1
-                log.exception("shadow mirroring failed for %s", ex.request_id)
-        for observer in self.observers:
-            try:
-                observer(ex)
-            except Exception:  # noqa: BLE001 - side effects never break the response
-                self.observer_errors += 1
-                log.exception("observer %r failed for request %s", observer, ex.request_id)
+        if self.predlog is not None:
+            if ex.inference:
+                self._guarded("predlog", self.predlog.add, ex, reserved)
+            elif reserved:
+                self.predlog.release()
+        for name, observer in self.observers:
+            self._guarded(name, observer, ex)
 
+    def _guarded(self, name: str, effect: Callable[..., Any], *args: Any) -> None:
+        """The one boundary of side effects: a failure is logged with its traceback and
+        counted in ``observer_errors_total{observer}``; it never reaches a client."""
+        try:
+            effect(*args)
+        except Exception:  # noqa: BLE001 - side effects never break the response
+            self.metrics.observer_error(name)
+            log.exception("observer %s failed", name)

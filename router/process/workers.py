@@ -27,13 +27,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
-from .admin import build_admin
-from .config import Snapshot, load_snapshot
-from .errors import ConfigError
-from .history import History
-from .metrics import Metrics
-from .proxy import Live
-from .reload import Reloader, Watcher
+from ..config import Live, Snapshot, load_snapshot
+from ..control.admin import build_admin
+from ..control.history import History
+from ..control.reload import Reloader, Watcher
+from ..errors import ConfigError
+from ..metrics import Metrics
 
 log = logging.getLogger("model_router.workers")
 
@@ -47,7 +46,7 @@ def worker_main(config_path: str, conn: multiprocessing.connection.Connection,
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: "
                                "%(message)s")
-    from .app import run
+    from .runtime import run
     run(_worker(Path(config_path), conn, files))
 
 
@@ -69,7 +68,7 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
         except ConfigError as exc:  # validated by the supervisor; only a changed env gets here
             log.error("cannot compile the supervisor's config: %s", exc.errors)
             return
-        app.live.snapshot = new
+        app.reloader.applied(new, record=False)
 
     def on_message() -> None:
         try:

@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .client import Client, UpstreamError
-from .config import Route, Shadow
-from .predlog import Entry, PredictionLog
-from .upstream import Balancer, request_headers, translate
+from ..config import Route, Shadow
+from ..dataplane.client import Client, UpstreamError
+from ..dataplane.upstream import Balancer, request_headers, translate
+from ..records import Entry, Exchange, RecordSink
 
 if TYPE_CHECKING:
-    from .metrics import Metrics
-    from .proxy import Exchange
+    from ..metrics import Metrics
 
 log = logging.getLogger("model_router.shadow")
 
@@ -131,7 +130,7 @@ def compare(primary: Any, shadow: Any, against: str, atol: float, rtol: float,
 
 class Shadows:
     def __init__(self, client: Client, metrics: Metrics,
-                 predlog: PredictionLog | None, balancer: Balancer, *,
+                 predlog: RecordSink | None, balancer: Balancer, *,
                  rand: Callable[[], float] = random.random,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.client = client
@@ -148,8 +147,10 @@ class Shadows:
     def __repr__(self) -> str:
         return f"<Shadows tasks={len(self.tasks)} inflight={self.inflight}>"
 
-    def mirror(self, ex: Exchange) -> None:
-        """Start the sampled copies of one finished primary exchange; never awaits."""
+    def exchange(self, ex: Exchange) -> None:
+        """The observer: start the sampled copies of a finished inference; never awaits."""
+        if not ex.inference or ex.upstream is None:
+            return
         route = ex.route
         for shadow in route.shadows:
             if self._rand() * 100 >= shadow.percent:

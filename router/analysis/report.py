@@ -19,21 +19,12 @@ from typing import Any
 
 from scipy import stats
 
-from . import yaml12
+from ..config import yaml12
+from ..stats import wilson
+from ..timefmt import iso
 from .audit import LogQuery
-from .history import iso
-
 
 # -- statistics (SciPy underneath) -------------------------------------------------------------
-
-def wilson(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion (SciPy); None without observations."""
-    if n == 0:
-        return None
-    ci = stats.binomtest(int(round(successes)), n).proportion_ci(
-        confidence_level=confidence, method="wilson")
-    return (float(ci.low), float(ci.high))
-
 
 OVERFLOW = "overflow: the values exceed the range of a 64-bit float"
 VERSUS = ("diff_vs_control", "diff_ci95", "p_value")

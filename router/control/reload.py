@@ -16,11 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Snapshot, load_snapshot
-from .errors import ConfigError
+from ..config import Live, Snapshot, load_snapshot
+from ..errors import ConfigError
+from ..metrics import Metrics
 from .history import History
-from .metrics import Metrics
-from .proxy import Live
 
 log = logging.getLogger("model_router.reload")
 
@@ -110,14 +109,19 @@ class Reloader:
         snapshot = self.live.snapshot
         return [snapshot.path.parent / name for name in snapshot.files]
 
-    def applied(self, snapshot: Snapshot) -> None:
-        """Make ``snapshot`` live and record it (also used for the first load)."""
+    def applied(self, snapshot: Snapshot, record: bool = True) -> None:
+        """Make ``snapshot`` live and record it (also used for the first load).
+
+        The one place that assigns the live snapshot. ``record=False`` for a worker, whose
+        supervisor validated the snapshot and keeps the history and the config metrics.
+        """
         for transform in self.transforms:
             snapshot = transform(snapshot)
         self.live.snapshot = snapshot
         self.last_error = None
-        self.metrics.applied(snapshot)
-        self.history.applied(snapshot, snapshot.loaded_at)
+        if record:
+            self.metrics.applied(snapshot)
+            self.history.applied(snapshot, snapshot.loaded_at)
         for callback in self.on_applied:
             try:
                 callback(snapshot)
@@ -126,6 +130,13 @@ class Reloader:
         for warning in snapshot.warnings:
             log.warning("%s", warning)
         log.info("config %s applied (source %s)", snapshot.revision, snapshot.source)
+
+    def refresh(self) -> None:
+        """Run the transforms over the live snapshot again (a rollout moved its weights)."""
+        snapshot = self.live.snapshot
+        for transform in self.transforms:
+            snapshot = transform(snapshot)
+        self.live.snapshot = snapshot
 
     async def reload(self, source: str) -> Snapshot:
         async with self._lock:

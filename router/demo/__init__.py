@@ -1,0 +1,2 @@
+"""``model-router demo``: demo model servers (``models``), the router and simulated users
+(``run``)."""

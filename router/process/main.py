@@ -1,0 +1,62 @@
+"""``model-router serve``: one router, or a supervisor with N workers, until SIGTERM/SIGINT;
+SIGHUP reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from .app import RouterApp
+from .runtime import run
+
+if TYPE_CHECKING:
+    from .workers import Supervisor
+
+log = logging.getLogger("model_router")
+
+
+async def _serve(config_path: Path, workers: int = 1) -> int:
+    app: RouterApp | Supervisor
+    if workers > 1:
+        from .workers import Supervisor  # loaded only for --workers
+        app = Supervisor(config_path, workers)
+    else:
+        app = RouterApp(config_path)
+    try:
+        await app.start()
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("%s", line)
+        return 1
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_sighup() -> None:
+        app._spawn(_reload_quietly(app))
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    await stop.wait()
+    log.info("signal received: draining")
+    await app.stop()
+    return 0
+
+
+async def _reload_quietly(app: RouterApp) -> None:
+    try:
+        await app.reloader.reload("sighup")
+    except ConfigError:
+        pass  # logged, counted and kept in history by the reloader
+
+
+def serve(config_path: str | Path, workers: int = 1) -> int:
+    """Run the router until SIGTERM/SIGINT; returns the process exit code."""
+    return int(run(_serve(Path(config_path), workers)))
