@@ -1,23 +1,15 @@
 """model-router: a traffic router in front of ML model servers.
 
-How the pieces fit (one module per concern):
+Three planes, imports pointing one way (docs/architecture.md maps every module):
 
-- ``config``: read router.yaml + registry.yaml (``yaml12``, ``problems``, ``registry`` with
-  the schema gate) and compile them into a frozen ``Snapshot`` (validators from
-  ``validation``); every error names file, path and reason.
-- ``routing``: the pure decision (pinned path > override > blue/green > sticky/weighted split).
-- ``server`` is the HTTP/1.1 front end (asyncio protocol + httptools); ``proxy`` is its
-  handler, the hot path; ``client`` is the lean httptools upstream client, ``upstream``
-  holds header rules, replica choice and error translation; ``timers`` gives the per-request
-  timeouts shared slots instead of a loop timer each.
-  Finished exchanges go to the prediction log (``predlog``), ``shadow`` copies, ``drift``
-  sampling, ``metrics`` and the rollout evidence.
-- ``reload``: watch files, SIGHUP and the admin API; build, validate, gate, swap one
-  reference; ``history`` records every applied or rejected config and keeps revisions;
-  ``rollout`` judges canaries and owns their weights.
-- ``app`` wires one process and owns its lifecycle (``workers`` runs N of them behind a
-  supervisor); ``admin`` serves health, config, rollouts and metrics; ``cli`` is the thin
-  ``model-router`` command over ``audit``, ``report``, ``baseline`` and ``demo``.
+- ``dataplane``: the HTTP server, the proxy handler, pure routing, the upstream client;
+- ``observers``: prediction log, shadows, drift: after the answer, one guarded dispatch;
+- ``control``: reload (the one writer of the live snapshot), rollouts, history, admin API;
+- ``process``: wiring and lifecycle (``app``, ``workers``); ``analysis``: the offline tools;
+- shared leaves: ``config`` (the frozen ``Snapshot``), ``records``, ``bodies``,
+  ``validation``, ``metrics``, ``errors``, ``timefmt``, ``stats``.
+
+``cli`` parses the command line and dispatches; ``demo`` runs the product on one machine.
 """
 
 __version__ = "0.1.0"

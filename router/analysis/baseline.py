@@ -1,7 +1,7 @@
 """Drift baselines (per-feature histograms) and schemas inferred from training data.
 
 ``model-router baseline --from FILE --schema ID`` reads training rows (CSV or JSONL) and
-writes the baseline format of DESIGN.md "Monitoring files":
+writes the baseline format drift reads (README.md "Monitoring"):
 
     {"schema": ID, "rows": N, "features": {
        "amount": {"kind": "numeric", "edges": [...], "fractions": [...]},

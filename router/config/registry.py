@@ -249,7 +249,7 @@ def _fraction(value: Any) -> bool:
 
 
 def baseline_problems(doc: Any) -> list[str]:
-    """What keeps ``doc`` from being a baseline of DESIGN.md "Monitoring files" (the shape
+    """What keeps ``doc`` from being a drift baseline (README.md "Monitoring"; the shape
     drift relies on: it bins live values with these edges and compares these fractions)."""
     if not isinstance(doc, dict):
         return [f"expected a JSON object with features, got {describe(doc)}"]

@@ -6,7 +6,7 @@ Pieces:
   outcomes joined by request id. ``LocalEvidence`` collects it from this process's traffic
   (each replica judges its own); another source (Prometheus, say) can implement the same
   ``arms`` call without touching the statistics.
-- ``judge`` (pure, SciPy): the checks of DESIGN.md. A check *fails* when the data show harm
+- ``judge`` (pure, SciPy; README.md "Progressive rollout"): a check *fails* when data show harm
   at the given alpha: one-sided two-proportion test of canary error rate > baseline +
   max_increase; bootstrap CI of the p99 latency ratio (p90 below 2,000 samples per arm)
   above max_ratio; Wilson upper bound of shadow agreement below min; Wilson upper bound of

@@ -211,7 +211,7 @@ def origin(url: str | None) -> str | None:
 
 def build_record(entry: Record, settings: PredictionLogSettings, sticky_hash: KeyedHash,
                  ) -> tuple[dict[str, Any], str | None]:
-    """The JSON record of DESIGN.md "Prediction log"; also the served model version."""
+    """The JSON record of README.md "The prediction log"; also the served model version."""
     route = entry.route
     protocol = route.protocol if route else "json"
     response = entry.response_body
