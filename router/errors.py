@@ -92,3 +92,26 @@ class ConfigError(Exception):
 
     def __repr__(self) -> str:
         return f"<ConfigError {len(self.errors)} error(s): {self.errors[:3]}>"
+
+
+# -- the upstream client's errors (dataplane/connection.py), translated to the two above by
+# -- dataplane/upstream.translate --------------------------------------------------------------
+
+class UpstreamError(Exception):
+    kind = "protocol"
+
+
+class ConnectFailed(UpstreamError):
+    kind = "connect"
+
+
+class ConnectionReset(UpstreamError):
+    kind = "reset"
+
+
+class BadResponse(UpstreamError):
+    kind = "protocol"
+
+
+class ResponseTimeout(UpstreamError, TimeoutError):
+    kind = "timeout"

@@ -10,8 +10,12 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..config import Outlier, Version
-from ..errors import UpstreamTimeout, UpstreamUnavailable
-from .client import ConnectFailed, ConnectionReset
+from ..errors import (
+    ConnectFailed,
+    ConnectionReset,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",

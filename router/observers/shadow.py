@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..config import Route, Shadow
-from ..dataplane.client import Client, UpstreamError
+from ..dataplane.client import Client
 from ..dataplane.upstream import Balancer, request_headers, translate
+from ..errors import UpstreamError
 from ..records import Entry, Exchange, RecordSink
 
 if TYPE_CHECKING:
