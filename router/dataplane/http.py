@@ -1,5 +1,5 @@
 """The HTTP values the server and the proxy exchange: request headers, a request, a complete
-answer, a refusal, and the router's JSON error answers (DESIGN.md's error shape)."""
+answer, a refusal, and the router's JSON error answers (README.md "Errors")."""
 
 from __future__ import annotations
 
