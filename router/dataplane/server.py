@@ -328,6 +328,8 @@ class Connection(asyncio.Protocol):
                     self._next = self.loop.create_future()
                     await self._next
                     continue
+                if self._write_ready is not None:  # the client stopped reading: no work for
+                    await self.drained()            # it before it takes what it was sent
                 item = self.queue.popleft()
                 if isinstance(item, Refusal):
                     self.send(json_response(item.status, {"error": item.message,
