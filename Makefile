@@ -10,12 +10,16 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: demo test check promtool
+.PHONY: demo test test-fast check promtool
 demo: $(STAMP)
 	$(VENV)/bin/model-router demo
 
 test: $(STAMP) promtool
 	$(VENV)/bin/python -m pytest -q
+
+# The pure, in-process and quick loopback tiers: what to run while editing.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # promtool runs the alert-rule unit tests; installed from Debian's prometheus package when
 # missing and apt-get can (otherwise those tests are skipped with the reason).

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 import orjson
-from conftest import REGISTRY, url, wait_for, write_config
-from test_reload import rewrite
-from test_shadow import scorer
+import pytest
+from helpers import REGISTRY, rewrite, scorer, url, wait_for, write_config
 
 from router.analysis.audit import LogQuery, parse_time
 
@@ -24,6 +23,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, cwd=ROOT, timeout=60)
 
 
+@pytest.mark.slow
 async def test_audit_reads_the_revision_that_served(tmp_path: Path, upstreams, start_router,
                                                     client) -> None:
     v1 = await upstreams.start(scorer(0.2, model_version="1.0.0"))

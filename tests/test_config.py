@@ -10,25 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REGISTRY, write_config
+from helpers import REGISTRY, base_route, write_config
 
 from router.config import load_snapshot
 from router.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def base_route(**changes: Any) -> dict[str, Any]:
-    route: dict[str, Any] = {
-        "name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
-        "model": "fraud", "input_schema": "fraud-features@1",
-        "versions": {"v1": {"url": "http://127.0.0.1:9001/m"},
-                     "v2": {"url": "http://127.0.0.1:9002/m"},
-                     "v3": {"url": "http://127.0.0.1:9003/m"}},
-        "split": {"v1": 95, "v2": 5},
-    }
-    route.update(changes)
-    return {k: v for k, v in route.items() if v is not None}
 
 
 def errors_of(tmp_path: Path, routes: list[dict[str, Any]], **top: Any) -> list[str]:

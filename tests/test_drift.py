@@ -10,9 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import REGISTRY, url, write_config
-from test_proxy import route
-from test_shadow import scorer
+from helpers import REGISTRY, route, scorer, url, write_config
 
 from router.observers.drift import feature_psi, psi
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import admin_url, url, write_config
+from helpers import admin_url, echo_versions, route, url, write_config
 from prometheus_client.parser import text_string_to_metric_families
-from test_proxy import echo_versions, route
 
 from router.metrics import Metrics
 

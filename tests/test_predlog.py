@@ -11,10 +11,17 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from conftest import admin_url, free_port, url, write_config
-from test_proxy import echo_versions, route
-from test_reload import rewrite
-from test_shadow import scorer, v2_answer
+from helpers import (
+    admin_url,
+    echo_versions,
+    free_port,
+    rewrite,
+    route,
+    scorer,
+    url,
+    v2_answer,
+    write_config,
+)
 
 from router.analysis.audit import iter_records
 from router.config import PredictionLogSettings
@@ -303,6 +310,7 @@ async def test_torn_last_line_is_skipped(tmp_path: Path, caplog) -> None:
     assert "torn last line" in caplog.text
 
 
+@pytest.mark.slow
 async def test_sigterm_loses_no_record(tmp_path: Path, upstreams, client) -> None:
     from test_lifecycle import Served, start_serve, wait_ready
     primary = await upstreams.start(scorer(0.4))

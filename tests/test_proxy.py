@@ -11,23 +11,9 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from conftest import Upstreams, free_port, url, write_config
+from helpers import echo_versions, free_port, route, url, write_config
 
 from router.analysis.audit import iter_records
-
-
-def route(urls: dict[str, str], **changes: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
-        "model": "fraud", "versions": {n: {"url": u} for n, u in urls.items()},
-        "split": {n: (100 if i == 0 else 0) for i, n in enumerate(urls)},
-    }
-    out.update(changes)
-    return {k: v for k, v in out.items() if v is not None}
-
-
-async def echo_versions(upstreams: Upstreams, *names: str) -> dict[str, str]:
-    return {n: await upstreams.echo(n) + f"/base-{n}" for n in names}
 
 
 async def test_forwards_path_query_headers_and_marks_response(tmp_path: Path, upstreams,

@@ -8,24 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
-from conftest import admin_url, url, wait_for, write_config
-from test_proxy import echo_versions, route
-
-
-def rewrite(path: Path, mutate: Any) -> None:
-    """Replace the file by rename, as editors and config management tools do."""
-    doc = yaml.safe_load(path.read_text())
-    mutate(doc)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    os.replace(tmp, path)
-
-
-def set_split(v1: float, v2: float) -> Any:
-    def mutate(doc: dict) -> None:
-        doc["routes"][0]["split"] = {"v1": v1, "v2": v2}
-    return mutate
+import pytest
+from helpers import (
+    admin_url,
+    echo_versions,
+    rewrite,
+    route,
+    set_split,
+    url,
+    wait_for,
+    write_config,
+)
 
 
 async def versions_seen(client, app, n: int = 20) -> set[str]:
@@ -116,6 +109,7 @@ async def test_api_reload_and_token(tmp_path: Path, upstreams, start_router, cli
     assert "t0k3n" not in text
 
 
+@pytest.mark.slow
 async def test_fifty_rewrites_under_load_lose_nothing(tmp_path: Path, upstreams, start_router,
                                                       client) -> None:
     urls = await echo_versions(upstreams, "v1", "v2")

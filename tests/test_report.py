@@ -73,6 +73,7 @@ def test_known_truth_no_difference(tmp_path: Path) -> None:
     assert converted["diff_ci95"][0] < 0 < converted["diff_ci95"][1]
 
 
+@pytest.mark.slow
 def test_report_cli_json_table_and_html(tmp_path: Path) -> None:
     synthetic(tmp_path, {"v1": 0.10, "v2": 0.12}, 2_000)
     config = tmp_path / "router.yaml"
@@ -90,6 +91,7 @@ def test_report_cli_json_table_and_html(tmp_path: Path) -> None:
     assert text.count("<svg") == 2 and "<polyline" in text
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
 def test_html_renders_in_headless_chromium(tmp_path: Path) -> None:
     from router.analysis.report import render_html

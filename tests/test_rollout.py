@@ -11,9 +11,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from conftest import admin_url, url, write_config
-from test_config import base_route
-from test_reload import rewrite
+from helpers import admin_url, base_route, rewrite, rollout_route, url, write_config
 
 from router.config import load_snapshot
 from router.control.rollout import Arm, check_error_rate, check_latency
@@ -36,16 +34,6 @@ def flaky(every: int | None, delay: float = 0.0) -> web.Application:
     app = web.Application()
     app.router.add_post("/m/infer", infer)
     return app
-
-
-def rollout_route(v1: str, v2: str, **rollout: Any) -> dict[str, Any]:
-    block = {"baseline": "v1", "canary": "v2", "steps": [10, 50, 100], "step_min_s": 60,
-             "step_min_requests": 100, "checks": {"error_rate": {"max_increase": 0.01}},
-             "on_failure": "rollback"}
-    block.update(rollout)
-    return {"name": "fraud", "match": {"path_prefix": "/v2/models/fraud"}, "protocol": "v2",
-            "model": "fraud", "versions": {"v1": {"url": v1 + "/m"}, "v2": {"url": v2 + "/m"}},
-            "rollout": block}
 
 
 class Clock:
@@ -130,6 +118,7 @@ async def test_bad_canary_is_rolled_back_early(tmp_path: Path, upstreams, start_
     assert 'model_router_rollout_step{route="fraud"} 0.0' in app.metrics.render().decode()
 
 
+@pytest.mark.slow
 async def test_healthy_canary_walks_every_step(tmp_path: Path, upstreams, start_router,
                                                client) -> None:
     both = await upstreams.start(flaky(200))  # one server for both arms: same behaviour

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_config
-from test_config import base_route
+from helpers import base_route, write_config
 
 from router.config import Route, load_snapshot
 from router.dataplane import routing

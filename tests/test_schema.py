@@ -11,10 +11,17 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from conftest import REGISTRY, admin_url, url, wait_for, write_config
-from test_config import base_route
-from test_proxy import echo_versions, route
-from test_reload import rewrite
+from helpers import (
+    REGISTRY,
+    admin_url,
+    base_route,
+    echo_versions,
+    rewrite,
+    route,
+    url,
+    wait_for,
+    write_config,
+)
 
 from router.config import load_snapshot
 from router.config.registry import Field, Schema
@@ -245,6 +252,7 @@ async def test_enforce_log_and_off_through_the_proxy(tmp_path: Path, upstreams, 
     assert records["off"]["violations"] == []
 
 
+@pytest.mark.slow
 def test_baseline_from_csv_and_inferred_schema(tmp_path: Path) -> None:
     lines = ["amount,avg_purchase_last_7_days,country,is_new_user"]
     for i in range(1000):

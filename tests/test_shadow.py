@@ -9,21 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiohttp import web
-from conftest import free_port, url, wait_for, write_config
-from test_proxy import route
+from helpers import free_port, route, scorer, url, v2_answer, wait_for, write_config
 
 from router.analysis.audit import iter_records
 from router.observers.shadow import compare
-
-
-def v2_answer(scores: list[float], model_version: str = "1.0.0") -> dict[str, Any]:
-    return {"model_name": "fraud", "model_version": model_version,
-            "outputs": [{"name": "score", "datatype": "FP64", "shape": [len(scores), 1],
-                         "data": scores}]}
-
 
 COMPARES = [
     ("identical", v2_answer([0.1, 0.9]), v2_answer([0.1, 0.9]), True, 0.0, 1.0),
@@ -47,22 +37,6 @@ def test_compare_table(primary: Any, shadow: Any, match: bool, max_diff: float |
     if max_diff is not None:
         assert result["max_abs_diff"] == pytest.approx(max_diff)
     assert result["agreement"] == agreement
-
-
-def scorer(score: float, delay: float = 0.0, model_version: str = "1.0.0",
-           seen: list | None = None) -> web.Application:
-    async def infer(request: web.Request) -> web.Response:
-        await request.read()
-        if seen is not None:
-            seen.append(dict(request.headers))
-        if delay:
-            await asyncio.sleep(delay)
-        return web.Response(body=orjson.dumps(v2_answer([score], model_version)),
-                            content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/m/infer", infer)
-    return app
 
 
 async def primary_latencies(client, app, n: int) -> list[float]:
@@ -173,6 +147,7 @@ async def test_hanging_and_refusing_shadows_are_counted_and_logged(
     assert {r["status"] for r in shadows if r["version"] == "v2"} == {504}
 
 
+@pytest.mark.slow
 async def test_memory_stays_flat_with_a_dead_shadow(tmp_path: Path, upstreams, start_router,
                                                     client) -> None:
     primary = await upstreams.start(scorer(0.3))

@@ -13,10 +13,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from conftest import url, wait_for, write_config
-from test_hostile_clients import raw, request
-from test_proxy import route
-from test_upstream_faults import read_request, rst, tcp  # noqa: F401 - tcp is a fixture
+from helpers import raw, read_request, request, route, rst, url, wait_for, write_config
 
 from router.analysis.audit import iter_records
 from router.bodies import json_field

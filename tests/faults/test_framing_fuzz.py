@@ -40,10 +40,11 @@ import httptools
 import orjson
 import pytest
 from aiohttp import web
-from conftest import write_config
+from helpers import route, write_config
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
-from test_proxy import route
+
+pytestmark = pytest.mark.slow  # hundreds of generated conversations per test
 
 LIMIT = 10 * 1024            # the router's max body, in bytes (max_body_mb = LIMIT / 2**20)
 READ_TIMEOUT = 5.0           # an answer stream not closed by then is a failure

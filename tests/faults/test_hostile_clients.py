@@ -9,28 +9,14 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from conftest import url, write_config
+from helpers import raw, request, route, url, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_proxy import route
 
 from router.config import load_snapshot
 from router.config.registry import Field, Schema
 from router.errors import ConfigError
 from router.validation import Validator
-
-
-async def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    """Send bytes on a fresh connection; everything the router answers until it closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(), timeout)
-    except asyncio.TimeoutError:
-        return b"<still open>"
-    finally:
-        writer.close()
 
 
 @pytest.fixture
@@ -55,13 +41,6 @@ async def app_and_log(tmp_path: Path, upstreams, start_router):
                                           limits={"max_body_mb": 0.01,
                                                   "client_timeout_s": 1}))
     return app, seen, base
-
-
-def request(path: str, body: bytes = b"{}", extra: bytes = b"",
-            content_type: bytes = b"application/json") -> bytes:
-    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: router\r\nContent-Type: "
-            + content_type + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
-            + extra + b"\r\n" + body)
 
 
 async def still_serving(app, client) -> None:
@@ -137,6 +116,7 @@ async def test_slowloris_is_cut_off(app_and_log, client) -> None:
     await still_serving(app, client)
 
 
+@pytest.mark.slow
 async def test_busy_keep_alive_stays_open_idle_one_is_closed(app_and_log) -> None:
     app, _, _ = app_and_log
     reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
@@ -166,6 +146,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=False) | st.
                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=25)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(doc=JSON | st.fixed_dictionaries({"inputs": st.lists(st.fixed_dictionaries(
     {"name": st.sampled_from(["amount", "country", "x"]), "datatype": st.text(max_size=5),
@@ -177,6 +158,7 @@ def test_validators_never_raise(doc: Any) -> None:
         orjson.dumps(violations)  # always reportable as JSON
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=st.dictionaries(st.sampled_from(["listen", "limits", "routes", "admin", "registry",

@@ -23,9 +23,15 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REGISTRY, admin_url, url, wait_for, write_config
-from test_reload import rewrite
-from test_rollout import rollout_route
+from helpers import (
+    REGISTRY,
+    admin_url,
+    rewrite,
+    rollout_route,
+    url,
+    wait_for,
+    write_config,
+)
 
 from router.config import load_snapshot
 from router.errors import ConfigError

@@ -21,9 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from conftest import url, wait_for, write_config
-from test_proxy import route
-from test_shadow import scorer, v2_answer
+from helpers import route, scorer, url, v2_answer, wait_for, write_config
 
 from router.analysis.audit import iter_records
 from router.analysis.report import build_report, render_table
@@ -33,8 +31,8 @@ from router.config.registry import Field, Schema
 from router.dataplane.routing import decide, sticky_bucket
 from router.errors import BadOverride
 from router.observers.predlog import PredictionLog, valid_text
-from router.records import Entry
 from router.observers.shadow import compare, prediction_rows
+from router.records import Entry
 from router.validation import Validator
 
 VALID_INPUTS = [{"name": "amount", "datatype": "FP64", "shape": [1], "data": [9.5]},

@@ -13,10 +13,17 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from conftest import admin_url, free_port, url, write_config
-from test_lifecycle import Served, start_serve, wait_ready
-from test_proxy import route
-from test_shadow import scorer
+from helpers import (
+    Served,
+    admin_url,
+    free_port,
+    route,
+    scorer,
+    start_serve,
+    url,
+    wait_ready,
+    write_config,
+)
 
 from router.analysis.audit import iter_records, torn_files
 
@@ -42,6 +49,7 @@ async def serve_process(tmp_path: Path, base: str, **top) -> tuple[Served, Path]
     return Served(await start_serve(path), port, admin), path
 
 
+@pytest.mark.slow
 async def test_sigterm_with_100_in_flight(tmp_path: Path, upstreams, client) -> None:
     base = await upstreams.start(slow_scorer(0.5))
     served, _ = await serve_process(tmp_path, base, limits={"shutdown_grace_s": 10})
@@ -74,6 +82,7 @@ async def test_sigterm_with_100_in_flight(tmp_path: Path, upstreams, client) -> 
     assert ok <= logged
 
 
+@pytest.mark.slow
 async def test_kill_9_loses_at_most_the_last_flush(tmp_path: Path, upstreams, client) -> None:
     base = await upstreams.start(scorer(0.1))
     served, _ = await serve_process(tmp_path, base, prediction_log={"dir": "logs",
@@ -176,6 +185,7 @@ def make_pki(folder: Path) -> dict[str, Path]:
                                     "client.key")}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode,
                     reason="openssl is not installed")
 async def test_https_mtls_and_host_override(tmp_path: Path, start_router, client) -> None:

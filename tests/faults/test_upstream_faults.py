@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import url, write_config
-from test_proxy import echo_versions, route
-from test_shadow import scorer
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def rst(writer: asyncio.StreamWriter) -> None:
-    """Close with a TCP reset (SO_LINGER 0), not a clean FIN."""
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
-async def read_request(reader: asyncio.StreamReader) -> None:
-    head = await reader.readuntil(b"\r\n\r\n")
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            await reader.readexactly(int(line.split(b":")[1]))
+from helpers import (
+    echo_versions,
+    read_request,
+    route,
+    rst,
+    scorer,
+    url,
+    write_config,
+)
 
 
 async def reset_before(reader, writer) -> None:
@@ -92,26 +79,6 @@ async def stalled_stream(reader, writer) -> None:
     writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
     await writer.drain()
     await asyncio.sleep(30)  # the fault: the stream stops mid-answer
-
-
-@pytest.fixture
-async def tcp() -> AsyncIterator[Callable[[Handler], Awaitable[str]]]:
-    servers: list[asyncio.Server] = []
-
-    async def start(handler: Handler) -> str:
-        async def guarded(reader, writer) -> None:
-            try:
-                await handler(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-                pass
-
-        server = await asyncio.start_server(guarded, "127.0.0.1", 0)
-        servers.append(server)
-        return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 FAULTS = [
