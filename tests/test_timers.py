@@ -34,22 +34,34 @@ async def test_cancelled_deadlines_never_fire_and_share_slots() -> None:
 async def test_a_callback_may_cancel_a_sibling_or_arm_a_new_deadline() -> None:
     deadlines = Deadlines(resolution=0.05)
     fired: list[str] = []
-    later: list[object] = []
+    done = asyncio.Event()
 
-    def first() -> None:
-        fired.append("first")
-        second.cancel()
-        later.append(deadlines.after(0, lambda: fired.append("re-armed")))
+    def rearmed() -> None:
+        fired.append("re-armed")
+        done.set()
+
+    # Two siblings of one slot, each cancelling the other: whichever the slot's set order runs
+    # first, the other must not run (it would if a cancelled sibling still fired).
+    def one() -> None:
+        fired.append("one")
+        two.cancel()
+        deadlines.after(0, rearmed)
+
+    def other() -> None:
+        fired.append("two")
+        first.cancel()
+        deadlines.after(0, rearmed)
 
     def boom() -> None:
         raise RuntimeError("a failing callback does not stop the others")
 
     deadlines.after(0.05, boom)
-    deadlines.after(0.05, first)
-    second = deadlines.after(0.05, lambda: fired.append("second"))
-    await asyncio.sleep(0.25)
-    # set order decides whether "second" ran before "first" cancelled it
-    assert fired in (["first", "re-armed"], ["second", "first", "re-armed"])
+    first = deadlines.after(0.05, one)
+    two = deadlines.after(0.05, other)
+    assert first.slot is two.slot  # siblings: fired by one loop timer
+    await asyncio.wait_for(done.wait(), 2)
+    assert fired in (["one", "re-armed"], ["two", "re-armed"])
+    assert not deadlines._slots
 
 
 async def test_long_delays_share_coarse_slots_and_cancelled_slots_are_freed() -> None:
