@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..config import Snapshot
+from ..console import print_json
 from ..timefmt import iso
 
 log = logging.getLogger("model_router.history")
@@ -97,6 +99,35 @@ def describe_state(state: Mapping[str, Any]) -> str:
         return f"{served} (rollout {where or 'step'} at {ts})"
     return f"{served} (rollout {str(kind).replace('_', ' ')} at {ts}" + \
         (f", {where})" if where else ")")
+
+
+def print_events(events: Iterable[Mapping[str, Any]], as_json: bool = False) -> None:
+    """``model-router history``: one line per event (a rejection shows its errors)."""
+    if as_json:
+        print_json(list(events))
+        return
+    for e in events:
+        detail = e.get("errors") if e.get("event") == "rejected" else e.get("routes")
+        print(f"{e.get('ts')}  {e.get('event'):<9} {e.get('revision')!s:<12} "
+              f"{e.get('source'):<8} {detail}")
+
+
+def print_in_force(events: Iterable[Mapping[str, Any]], at: str, as_json: bool = False,
+                   ) -> int:
+    """``model-router history --at``: what served at ``at`` (``in_force``); 1 when no
+    config had been applied by then (said on stderr)."""
+    live = in_force(events, at)
+    if live is None:
+        print(f"no config was applied before {at}", file=sys.stderr)
+        return 1
+    if as_json:
+        print_json(live)
+        return 0
+    print(f"at {at}: revision {live['revision']} (applied {live['ts']}, "
+          f"source {live['source']})")
+    for name, state in live["routes"].items():
+        print(f"  {name}: {describe_state(state)}")
+    return 0
 
 
 class History:

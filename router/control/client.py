@@ -1,0 +1,76 @@
+"""``model-router rollout``: a client of a running router's admin API.
+
+``status`` reads ``GET /-/rollouts``; ``pause``, ``resume``, ``promote`` and ``abort`` POST to
+``/-/rollouts/<route>/<action>`` (with the bearer token from ``admin.token_env`` when set). The
+router answers; this module only asks and prints. Exit codes as the CLI's: 0 ok, 1 the API
+refused or could not be reached, 2 usage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ..config.raw import admin_of
+from ..console import print_json
+
+ACTIONS = ("status", "pause", "resume", "promote", "abort")
+
+
+def rollout_command(config: str, action: str, route: str | None, admin: str | None = None,
+                    as_json: bool = False) -> int:
+    """Run ``action`` (one of ``ACTIONS``) against the admin API named by ``config`` (or at
+    base URL ``admin``) and print the answer."""
+    base, token_env = admin_of(config)
+    base = admin or base
+    headers = {}
+    if token_env and os.environ.get(token_env):
+        headers["Authorization"] = f"Bearer {os.environ[token_env]}"
+    if action == "status":
+        request = urllib.request.Request(f"{base}/-/rollouts", headers=headers)
+    else:
+        if not route:
+            print(f"rollout {action} needs a ROUTE", file=sys.stderr)
+            return 2
+        # JSON, as the admin API requires of every POST (a browser's form cannot send it).
+        request = urllib.request.Request(f"{base}/-/rollouts/{route}/{action}",
+                                         data=b"{}", method="POST",
+                                         headers={**headers,
+                                                  "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            body = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+        return 1
+    if action != "status":
+        print_json(body)
+        return 0
+    rows = [r for r in body if not route or r["route"] == route]
+    if as_json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no rollouts")
+    for r in rows:
+        print(describe_rollout(r))
+    return 0
+
+
+def describe_rollout(r: Mapping[str, Any]) -> str:
+    """One line for a rollout of ``/-/rollouts``: where it stands and its evidence."""
+    ev = r["evidence"]
+    return (f"{r['route']}: {r['baseline']} -> {r['canary']} {r['status']} at "
+            f"{r['weight']:g}% (step {r['step'] + 1}/{len(r['steps'])}); canary "
+            f"{ev['canary']['requests']} requests, {ev['canary']['errors']} errors; "
+            f"baseline {ev['baseline']['requests']} requests, "
+            f"{ev['baseline']['errors']} errors")
