@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from router.config import (Admin, Drift, Limits, Listen, Outlier, PredictionLogSettings,
-                           Rollout, Route, Shadow, load_snapshot)
+from router.config import (
+    Admin,
+    Drift,
+    Limits,
+    Listen,
+    Outlier,
+    PredictionLogSettings,
+    Rollout,
+    Route,
+    Shadow,
+    load_snapshot,
+)
 from router.config.raw import admin_of, config_paths
 from router.config.snapshot import default
 
