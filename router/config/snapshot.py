@@ -3,7 +3,7 @@
 A ``Snapshot`` is one applied config; ``Live`` holds the snapshot in force. Field defaults
 here are the config's defaults: the loader (``load``, ``routes``) and the command line read
 them (``default``), never repeat them. ``bucket_bounds`` is the sticky-bucket contract
-(DESIGN.md "Routing rules") that both a ``split`` and a rollout's weights compile through.
+(README.md "Routing rules") that both a ``split`` and a rollout's weights compile through.
 """
 
 from __future__ import annotations
