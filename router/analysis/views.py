@@ -55,7 +55,7 @@ def log_inputs(config: str, log_dir: str | None, since: str | None = None,
 def audit(config: str, log_dir: str | None, request_id: str | None, *,
           route: str | None = None, version: str | None = None, role: str | None = None,
           status: int | None = None, since: str | None = None, until: str | None = None,
-          limit: int = 100, as_json: bool = False) -> int:
+          limit: int, as_json: bool = False) -> int:
     """``model-router audit``: every record of one request with its context, or a filtered
     table of records."""
     inputs = log_inputs(config, log_dir, since, until)
@@ -170,8 +170,7 @@ def baseline(config: str, from_file: str | None, schema_id: str | None, *,
 
 
 def output_baseline(from_log: str, route: str | None, version: str | None, *,
-                    since: str | None = None, limit: int = 100_000,
-                    out: str | None = None) -> int:
+                    since: str | None = None, limit: int, out: str | None = None) -> int:
     """``model-router baseline --from-log DIR``: an output_baseline from the answers a
     version gave in a prediction-log window."""
     from .baseline import output_baseline as build_output_baseline

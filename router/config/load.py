@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
@@ -32,6 +32,7 @@ from .snapshot import (
     Admin,
     Limits,
     Listen,
+    PayloadPolicy,
     PredictionLogSettings,
     Snapshot,
 )
@@ -234,7 +235,7 @@ def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:
         out["dir"] = base / d
     # A key left out, or in error (the file is rejected then), keeps the settings' default.
     if "payloads" in spec and (policy := p.string("prediction_log.payloads",
-                                                  spec["payloads"], ("full", "hash", "none"))):
+                                                  spec["payloads"], get_args(PayloadPolicy))):
         out["payloads"] = policy
     if "enabled" in spec:
         out["enabled"] = p.boolean("prediction_log.enabled", spec["enabled"]) is not False

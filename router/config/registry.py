@@ -3,7 +3,7 @@
 ``parse_registry`` reads registry.yaml into frozen values; every problem is collected with
 file and path. ``load_baselines`` reads and checks the drift baselines it names (called by
 the config loader, which runs off the event loop). The route-level checks that use it live
-in config.py.
+in ``routes`` (``_gate``).
 """
 
 from __future__ import annotations

@@ -12,12 +12,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from ..validation import Validator
 from .problems import Problems, join
 from .registry import Registry, gate
-from .snapshot import Drift, Outlier, Override, Route, Shadow, Sticky, Version, default
+from .snapshot import (
+    Drift,
+    Outlier,
+    Override,
+    Protocol,
+    Route,
+    Shadow,
+    Sticky,
+    Validation,
+    Version,
+    default,
+)
 from .versions import compile_versions
 from .weights import compile_weights, known_version
 
@@ -114,10 +125,9 @@ def _head(p: Problems, path: str, spec: Mapping[str, Any], registry: Registry) -
     """Name, prefix, protocol, validation, model and input schema, with their warnings."""
     name = p.name(join(path, "name"), spec["name"]) if "name" in spec else None
     prefix = _prefix(p, join(path, "match"), spec["match"]) if "match" in spec else None
-    protocol = p.string(join(path, "protocol"), spec["protocol"], ("v2", "json", "raw")) \
+    protocol = p.string(join(path, "protocol"), spec["protocol"], get_args(Protocol)) \
         if "protocol" in spec else default(Route, "protocol")
-    validation = p.string(join(path, "validation"), spec["validation"],
-                          ("enforce", "log", "off")) \
+    validation = p.string(join(path, "validation"), spec["validation"], get_args(Validation)) \
         if "validation" in spec else default(Route, "validation")
     model = p.name(join(path, "model"), spec["model"]) if "model" in spec else None
     if model is not None and model not in registry.models:
