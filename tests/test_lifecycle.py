@@ -1,66 +1,177 @@
-"""The real process: `model-router serve`, SIGHUP reload, SIGTERM drain, exit codes."""
+"""The lifecycle: start builds in order and undoes itself when a step fails; stop works in
+any state; the real process (`model-router serve`): SIGHUP reload, SIGTERM drain, exit codes."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
-import sys
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
-from conftest import free_port, write_config
-from test_proxy import route
-from test_reload import rewrite, set_split
+from helpers import (
+    Served,
+    free_port,
+    route,
+    set_split,
+    start_serve,
+    wait_for,
+    wait_ready,
+    write_config,
+)
+
+from router.process.app import RouterApp
+from router.process.lifecycle import TaskSet
+
+# -- in process: start, a failed start, stop ---------------------------------------------------
 
 
-class Served:
-    def __init__(self, proc: asyncio.subprocess.Process, port: int, admin: int) -> None:
-        self.proc, self.port, self.admin = proc, port, admin
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def admin_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.admin}{path}"
+def other_tasks() -> set[asyncio.Task[Any]]:
+    return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
 
-async def start_serve(path: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router.cli", "serve", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        cwd=Path(__file__).resolve().parents[1])
-
-
-async def wait_ready(served: Served, client: aiohttp.ClientSession) -> None:
-    for _ in range(200):
-        if served.proc.returncode is not None:
-            raise AssertionError(f"router exited: {await served.proc.stdout.read()}")
+def open_files_under(folder: Path) -> list[str]:
+    """Files this process holds open below ``folder`` (Linux: /proc/self/fd)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
         try:
-            async with client.get(served.admin_url("/-/ready")) as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("router never became ready")
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(folder)):
+            out.append(target)
+    return out
+
+
+def taken_port() -> socket.socket:
+    """A loopback port some other program listens on (the caller closes it)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def test_stop_on_a_never_started_app_does_nothing(tmp_path: Path) -> None:
+    app = RouterApp(write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"})]))
+    assert app.live is None and app.server is None and app.predlog is None
+    await app.stop()
+    await app.stop()  # idempotent
+    assert not app.running and not app.ready
+    with pytest.raises(RuntimeError, match="can start only once"):
+        await app.start()
+
+
+async def test_stop_twice_on_a_started_app(tmp_path: Path, start_router, client) -> None:
+    path = write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"})])
+    before = other_tasks()
+    app = await start_router(path)
+    assert app.running and app.ready and other_tasks() - before
+    await app.stop()
+    await app.stop()
+    assert not app.running
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.get(f"http://127.0.0.1:{app.admin_port}/-/healthy")
+    assert other_tasks() <= before  # the flush, drift, rollout and watch tasks are gone
+
+
+@pytest.mark.parametrize("taken", ["listen", "admin"], ids=["listen-port", "admin-port"])
+async def test_a_failed_start_stops_what_it_started(tmp_path: Path, taken: str) -> None:
+    blocker = taken_port()
+    port = blocker.getsockname()[1]
+    listen = port if taken == "listen" else free_port()
+    admin = port if taken == "admin" else free_port()
+    path = write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"})],
+                        listen={"host": "127.0.0.1", "port": listen},
+                        admin={"host": "127.0.0.1", "port": admin})
+    app = RouterApp(path, watch_interval=0.05)
+    before = other_tasks()
+    try:
+        with pytest.raises(OSError):
+            await app.start()
+    finally:
+        blocker.close()
+    assert other_tasks() - before == set(), "a task of the failed start is still running"
+    assert open_files_under(tmp_path) == []
+    assert not app.running and not app.ready
+    if taken == "admin":  # the proxy port had been bound: it is released again
+        assert port_is_free(listen)
+    await app.stop()  # and stop after a failed start is a no-op
+
+
+async def test_task_set_drains_then_cancels(caplog: pytest.LogCaptureFixture) -> None:
+    tasks = TaskSet()
+    finished, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def quick() -> None:
+        await asyncio.sleep(0)
+        finished.set()
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cancelled.set()
+
+    async def crash() -> None:
+        raise ValueError("boom")
+
+    tasks.spawn(quick())
+    tasks.spawn(forever())
+    with caplog.at_level(logging.ERROR, logger="model_router"):
+        crashed = tasks.spawn(crash())
+        await asyncio.wait([crashed])
+        await asyncio.sleep(0)  # the done callback runs on the next loop iteration
+    assert "background task" in caplog.text and "boom" in caplog.text
+    await tasks.close(grace=1.0)
+    assert finished.is_set() and cancelled.is_set() and len(tasks) == 0
+
+
+# -- the real process ------------------------------------------------------------------------
+
+
+class HeldUpstream:
+    """An upstream that holds every request until released, and counts what arrived."""
+
+    def __init__(self) -> None:
+        self.arrived = 0
+        self.release = asyncio.Event()
+        self.base = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrived += 1
+        if request.query.get("hold"):
+            await self.release.wait()
+        return web.Response(text="ok")
 
 
 @pytest.fixture
-async def slow_upstream(upstreams) -> AsyncIterator[str]:
-    async def slow(request: web.Request) -> web.Response:
-        await request.read()
-        await asyncio.sleep(float(request.query.get("delay", "0")))
-        return web.Response(text="ok")
-
+async def held(upstreams) -> AsyncIterator[HeldUpstream]:
+    upstream = HeldUpstream()
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", slow)
-    yield await upstreams.start(app)
+    app.router.add_route("*", "/{tail:.*}", upstream.handle)
+    upstream.base = await upstreams.start(app)
+    yield upstream
+    upstream.release.set()
 
 
-async def serve(tmp_path: Path, base: str, **top) -> tuple[Served, Path]:
+async def serve(tmp_path: Path, base: str, **top: Any) -> tuple[Served, Path]:
     port, admin = free_port(), free_port()
     path = write_config(tmp_path, [route({"v1": base + "/a", "v2": base + "/b"},
                                          split={"v1": 100, "v2": 0})],
@@ -69,24 +180,60 @@ async def serve(tmp_path: Path, base: str, **top) -> tuple[Served, Path]:
     return Served(await start_serve(path), port, admin), path
 
 
-async def test_sighup_reload_and_sigterm_drain(tmp_path: Path, slow_upstream, client) -> None:
-    served, path = await serve(tmp_path, slow_upstream)
+async def poll(fetch: Callable[[], Awaitable[Any]], until: Callable[[Any], bool],
+               timeout: float = 10.0) -> Any:
+    """Await ``fetch()`` until ``until(result)``; fails the test at the timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await fetch()
+        if until(result):
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"still {result!r} after {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+def rewrite_unseen(path: Path, mutate: Callable[[dict[str, Any]], None]) -> None:
+    """Change the file so that the file watcher cannot tell (same inode, size and mtime):
+    only a SIGHUP can apply the change."""
+    before = path.stat()
+    doc = yaml.safe_load(path.read_text())
+    mutate(doc)
+    text = yaml.safe_dump(doc, sort_keys=False).encode()
+    assert len(text) == before.st_size, "the change must keep the file's size"
+    with open(path, "r+b") as f:  # in place: the same inode
+        f.write(text)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.slow
+async def test_sighup_reload_and_sigterm_drain(tmp_path: Path, held: HeldUpstream,
+                                               client: aiohttp.ClientSession) -> None:
+    served, path = await serve(tmp_path, held.base)
+
+    async def config() -> dict[str, Any]:
+        async with client.get(served.admin_url("/-/config")) as resp:
+            return await resp.json()
+
+    async def ready() -> int:
+        async with client.get(served.admin_url("/-/ready")) as resp:
+            return resp.status
+
     try:
         await wait_ready(served, client)
-        rewrite(path, set_split(0, 100))
+        rewrite_unseen(path, set_split(0, 100))
         served.proc.send_signal(signal.SIGHUP)
-        for _ in range(100):
-            async with client.get(served.admin_url("/-/config")) as resp:
-                config = await resp.json()
-            if config["source"] in ("sighup", "file"):
-                break
-            await asyncio.sleep(0.02)
-        assert config["routes"][0]["weights"]["v2"] == 100
+        applied = await poll(config, lambda c: c["source"] != "startup")
+        assert applied["source"] == "sighup"
+        assert applied["routes"][0]["weights"]["v2"] == 100
 
-        inflight = [asyncio.ensure_future(client.post(served.url("/v2/models/fraud/x?delay=0.5"),
+        inflight = [asyncio.ensure_future(client.post(served.url("/v2/models/fraud/x?hold=1"),
                                                       data=b"{}")) for _ in range(10)]
-        await asyncio.sleep(0.2)  # let the requests reach the upstream before the signal
+        await wait_for(lambda: held.arrived == 10)  # all ten are at the upstream, held
         served.proc.send_signal(signal.SIGTERM)
+        await poll(ready, lambda status: status == 503)  # draining, the ten still in flight
+        held.release.set()
         responses = await asyncio.gather(*inflight)
         assert [r.status for r in responses] == [200] * 10
         for r in responses:
@@ -101,21 +248,20 @@ async def test_sighup_reload_and_sigterm_drain(tmp_path: Path, slow_upstream, cl
             await served.proc.wait()
 
 
-async def test_drain_delay_keeps_serving_while_not_ready(tmp_path: Path, slow_upstream,
-                                                         client) -> None:
-    served, _ = await serve(tmp_path, slow_upstream,
+@pytest.mark.slow
+async def test_drain_delay_keeps_serving_while_not_ready(tmp_path: Path, held: HeldUpstream,
+                                                         client: aiohttp.ClientSession) -> None:
+    served, _ = await serve(tmp_path, held.base,
                             limits={"drain_delay_s": 1.0, "shutdown_grace_s": 5})
+
+    async def ready() -> int:
+        async with client.get(served.admin_url("/-/ready")) as resp:
+            return resp.status
+
     try:
         await wait_ready(served, client)
         served.proc.send_signal(signal.SIGTERM)
-        status = 200
-        for _ in range(50):
-            async with client.get(served.admin_url("/-/ready")) as resp:
-                status = resp.status
-            if status == 503:
-                break
-            await asyncio.sleep(0.02)
-        assert status == 503
+        await poll(ready, lambda status: status == 503)
         async with client.post(served.url("/v2/models/fraud/x"), data=b"{}") as resp:
             assert resp.status == 200  # not ready, still serving during drain_delay_s
         assert await asyncio.wait_for(served.proc.wait(), 10) == 0
@@ -125,6 +271,7 @@ async def test_drain_delay_keeps_serving_while_not_ready(tmp_path: Path, slow_up
             await served.proc.wait()
 
 
+@pytest.mark.slow
 async def test_invalid_config_exits_1(tmp_path: Path) -> None:
     path = write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"}, split={"v1": 90})])
     proc = await start_serve(path)
@@ -132,3 +279,16 @@ async def test_invalid_config_exits_1(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert b"weights sum to 90, expected 100" in out
 
+
+@pytest.mark.slow
+async def test_listen_port_taken_exits_1(tmp_path: Path) -> None:
+    blocker = taken_port()
+    try:
+        path = write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"})],
+                            listen={"host": "127.0.0.1", "port": blocker.getsockname()[1]})
+        proc = await start_serve(path)
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        blocker.close()
+    assert proc.returncode == 1
+    assert b"cannot start" in out

@@ -3,22 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import sys
 from pathlib import Path
 
 import aiohttp
-from conftest import free_port, write_config
+import pytest
+from helpers import (
+    ROOT,
+    Served,
+    echo_versions,
+    free_port,
+    rewrite,
+    route,
+    set_split,
+    wait_ready,
+    write_config,
+)
 from prometheus_client.parser import text_string_to_metric_families
-from test_lifecycle import Served, wait_ready
-from test_proxy import echo_versions, route
-from test_reload import rewrite, set_split
 
 from router.analysis.audit import iter_records
 from router.config import load_snapshot
 from router.dataplane.routing import by_bucket, sticky_bucket
+from router.process.workers import MULTIPROC_ENV, Supervisor
 
-ROOT = Path(__file__).resolve().parents[1]
 
+async def test_stop_on_a_never_started_supervisor_does_nothing(tmp_path: Path) -> None:
+    supervisor = Supervisor(write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"})]), 2)
+    await supervisor.stop()
+    await supervisor.stop()
+    assert not supervisor.running
+
+
+@pytest.mark.slow
+async def test_a_failed_supervisor_start_stops_its_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    path = write_config(tmp_path, [route({"v1": "http://127.0.0.1:1/a"})],
+                        listen={"host": "127.0.0.1", "port": free_port()},
+                        admin={"host": "127.0.0.1", "port": blocker.getsockname()[1]})
+    supervisor = Supervisor(path, 2)
+    try:
+        with pytest.raises(OSError):  # the admin port is taken, after both workers started
+            await supervisor.start()
+    finally:
+        blocker.close()
+    assert len(supervisor.processes) == 2
+    assert [p.is_alive() for p in supervisor.processes] == [False, False]
+    assert len(supervisor.tasks) == 0 and not supervisor.running
+    assert MULTIPROC_ENV not in os.environ  # a later child must not inherit a removed folder
+
+
+@pytest.mark.slow
 
 async def test_two_workers(tmp_path: Path, upstreams, client) -> None:
     urls = await echo_versions(upstreams, "v1", "v2")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -24,14 +24,54 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..process.app import RouterApp
+    from ..config import Live
+    from .history import History
+    from .reload import Reloader
+
+
+class Administered(Protocol):
+    """What the admin API serves: a started router process or supervisor (``rollouts``,
+    when present, is its rollout controller)."""
+
+    live: Live
+    reloader: Reloader
+    history: History
+
+    def render_metrics(self) -> bytes: ...
+
+    def readiness_problems(self) -> list[str]: ...
+
+
+class AdminServer:
+    """The admin API on its own port. ``start`` binds and returns the bound port (the one
+    the OS picked for port 0); ``close`` stops it, whether or not it started."""
+
+    def __init__(self, app: Administered) -> None:
+        self._runner = web.AppRunner(build_admin(app), access_log=None)
+        self._set_up = False
+        self.port = 0
+
+    def __repr__(self) -> str:
+        return f"<AdminServer port={self.port}>"
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        self._set_up = True
+        await web.TCPSite(self._runner, host, port).start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def close(self) -> None:
+        if self._set_up:
+            self._set_up = False
+            await self._runner.cleanup()
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-def _authorized(app: RouterApp, request: web.Request) -> bool:
+def _authorized(app: Administered, request: web.Request) -> bool:
     env_name = app.live.snapshot.admin.token_env
     if not env_name:
         return True  # no token configured: the config allows that on loopback only
@@ -43,7 +83,7 @@ def _authorized(app: RouterApp, request: web.Request) -> bool:
     return hmac.compare_digest(given.encode(), expected.encode())
 
 
-def _own_origin(app: RouterApp, request: web.Request) -> bool:
+def _own_origin(app: Administered, request: web.Request) -> bool:
     """No Origin (curl, the CLI), or the admin port's own origin."""
     origin = request.headers.get("Origin")
     if origin is None:
@@ -60,7 +100,7 @@ def _own_origin(app: RouterApp, request: web.Request) -> bool:
     return origin in own
 
 
-def build_admin(app: RouterApp) -> web.Application:
+def build_admin(app: Administered) -> web.Application:
     admin = web.Application()
 
     @web.middleware

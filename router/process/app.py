@@ -1,7 +1,8 @@
 """Wiring and lifecycle: load -> start servers -> serve -> drain -> stop.
 
-``RouterApp`` owns every long-lived piece (snapshot, client pool, servers, watcher task) and
-stops them in reverse order. ``serve`` is the process entry: uvloop, signals, exit code.
+``RouterApp`` owns every long-lived piece (snapshot, client pool, servers, watcher task),
+builds them in order in ``start`` and stops them in reverse order (``lifecycle.Lifecycle``).
+``main.serve`` is the process entry: uvloop, signals, exit code.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from aiohttp import web
+from typing import cast
 
 from ..config import Live, Snapshot, load_snapshot
-from ..control.admin import build_admin
+from ..control.admin import Administered, AdminServer
 from ..control.history import History
 from ..control.reload import Reloader, Watcher
 from ..control.rollout import Controller, LocalEvidence
@@ -26,18 +26,25 @@ from ..metrics import Metrics
 from ..observers.drift import DriftMonitor
 from ..observers.predlog import PredictionLog, load_log_key
 from ..observers.shadow import Shadows
+from .lifecycle import Lifecycle
 
 log = logging.getLogger("model_router")
 
 SHADOW_DRAIN_S = 5.0
 
 
-class RouterApp:
-    """One router process. ``start`` raises ConfigError when the config is invalid."""
+class RouterApp(Lifecycle):
+    """One router process. ``start`` raises ConfigError when the config is invalid.
+
+    Every part exists from ``__init__`` (None until ``start`` builds it); ``start`` builds
+    them in the order below and, if a step fails, stops those already built before the
+    error goes on; ``stop`` drains and closes whatever exists (see ``Lifecycle``).
+    """
 
     def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2,
                  worker: bool = False, rollout_clock: Callable[[], float] = time.time,
                  run_rollouts: bool = True) -> None:
+        super().__init__()
         self.config_path = Path(config_path)
         self.watch_interval = watch_interval
         # A worker serves traffic only: its supervisor owns admin, watch and history.
@@ -46,81 +53,78 @@ class RouterApp:
         self.rollout_clock = rollout_clock
         self.run_rollouts = run_rollouts
         self.metrics = Metrics()
-        self.ready = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runners: list[web.BaseRunner] = []
-        self._serving = False
         self.port = 0
         self.admin_port = 0
+        # Built by start(), in this order.
+        self.live: Live | None = None
+        self.history: History | None = None
+        self.client: Client | None = None
+        self.proxy: Proxy | None = None
+        self.predlog: PredictionLog | None = None
+        self.shadows: Shadows | None = None
+        self.drift: DriftMonitor | None = None
+        self.reloader: Reloader | None = None
+        self.rollouts: Controller | None = None
+        self.server: HttpServer | None = None
+        self.admin: AdminServer | None = None
 
     def __repr__(self) -> str:
         return f"<RouterApp {self.config_path} port={self.port} ready={self.ready}>"
 
     async def start(self, snapshot: Snapshot | None = None) -> None:
-        snapshot = snapshot or await asyncio.to_thread(load_snapshot, self.config_path,
-                                                       source="startup")
-        self.live = Live(snapshot)
+        await self._start(self._startup(snapshot))
+
+    async def _startup(self, given: Snapshot | None) -> None:
+        snapshot = given if given is not None else await asyncio.to_thread(
+            load_snapshot, self.config_path, source="startup")
+        self.live = live = Live(snapshot)
         self.history = History(snapshot.state_dir)
         self.client = Client()
-        self.proxy = Proxy(self.live, self.client, self.metrics)
-        self.predlog = None
+        self.proxy = proxy = Proxy(live, self.client, self.metrics)
         if snapshot.prediction_log.enabled:
             secret = await asyncio.to_thread(load_log_key, snapshot.state_dir)
             self.predlog = PredictionLog(snapshot.prediction_log, secret, metrics=self.metrics)
             self.predlog.start()
-        self.proxy.predlog = self.predlog
-        self.shadows = Shadows(self.client, self.metrics, self.predlog, self.proxy.balancer)
-        self.drift = DriftMonitor(self.metrics)
-        self.drift.configure(snapshot)
-        self.proxy.observers += [("drift", self.drift.exchange),
-                                 ("shadow", self.shadows.exchange)]
-        self._spawn(self.drift.run(self.live))
-        self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
-        self.reloader.on_applied.append(self.drift.configure)
-        self.rollouts: Controller | None = None
+        proxy.predlog = self.predlog
+        self.shadows = shadows = Shadows(self.client, self.metrics, self.predlog,
+                                         proxy.balancer)
+        self.drift = drift = DriftMonitor(self.metrics)
+        drift.configure(snapshot)
+        proxy.observers += [("drift", drift.exchange), ("shadow", shadows.exchange)]
+        self.tasks.spawn(drift.run(live))
+        self.reloader = reloader = Reloader(self.config_path, live, self.metrics,
+                                            self.history)
+        reloader.on_applied.append(drift.configure)
         if not self.worker:
             evidence = LocalEvidence()
-            self.rollouts = Controller(snapshot.state_dir, self.history, evidence,
-                                       self.metrics, clock=self.rollout_clock)
-            self.rollouts.live = self.live
-            self.rollouts.refresh = self.reloader.refresh
-            self.reloader.transforms.append(self.rollouts.transform)
-            self.proxy.observers.append(("rollout", evidence.exchange))
-            self.shadows.observers.append(evidence.shadow)
-            self.proxy.feedback_observers.append(("rollout", evidence.feedback))
+            self.rollouts = rollouts = Controller(snapshot.state_dir, self.history, evidence,
+                                                  self.metrics, clock=self.rollout_clock)
+            rollouts.live = live
+            rollouts.refresh = reloader.refresh
+            reloader.transforms.append(rollouts.transform)
+            proxy.observers.append(("rollout", evidence.exchange))
+            shadows.observers.append(evidence.shadow)
+            proxy.feedback_observers.append(("rollout", evidence.feedback))
             if self.run_rollouts:
-                self._spawn(self.rollouts.run())
-            self.reloader.applied(snapshot)
+                self.tasks.spawn(rollouts.run())
+            reloader.applied(snapshot)
 
-        self.server = HttpServer(self.proxy.handle, lambda: self.live.snapshot.limits)
-        self.port = await self.server.start(snapshot.listen.host, snapshot.listen.port,
-                                            reuse_port=self.worker)
-        self._serving = True
+        server = HttpServer(proxy.handle, lambda: live.snapshot.limits)
+        self.port = await server.start(snapshot.listen.host, snapshot.listen.port,
+                                       reuse_port=self.worker)
+        self.server = server
         if self.worker:
             self.ready = True
             return
 
-        admin_runner = web.AppRunner(build_admin(self), access_log=None)
-        await admin_runner.setup()
-        self._runners.append(admin_runner)
-        admin_site = web.TCPSite(admin_runner, snapshot.admin.host, snapshot.admin.port)
-        await admin_site.start()
-        self.admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-        self._spawn(Watcher(self.reloader, self.watch_interval).run())
+        # Typed for what the admin API reads, which exists by now.
+        self.admin = AdminServer(cast(Administered, self))
+        self.admin_port = await self.admin.start(snapshot.admin.host, snapshot.admin.port)
+        self.tasks.spawn(Watcher(reloader, self.watch_interval).run())
         self.ready = True
         log.info("serving on http://%s:%d (admin http://%s:%d), config %s",
                  snapshot.listen.host, self.port, snapshot.admin.host, self.admin_port,
                  snapshot.revision)
-
-    @property
-    def running(self) -> bool:
-        return self._serving or bool(self._runners)
-
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()
@@ -131,29 +135,34 @@ class RouterApp:
             problems.append("not started or draining")
         if self.predlog is not None and not self.predlog.healthy:
             problems.append(f"prediction log not writable: {self.predlog.last_error}")
-        for route in self.live.snapshot.routes:
-            if all(self.proxy.balancer.all_ejected(v) for v in route.versions.values()):
-                problems.append(f"route {route.name}: every version is ejected")
+        if self.live is not None and self.proxy is not None:
+            balancer = self.proxy.balancer
+            for route in self.live.snapshot.routes:
+                if all(balancer.all_ejected(v) for v in route.versions.values()):
+                    problems.append(f"route {route.name}: every version is ejected")
         return problems
 
-    async def stop(self, drain_delay: bool = True) -> None:
-        """Drain: not-ready, wait drain_delay_s, 503 new requests, finish in-flight, close."""
+    async def _shutdown(self, drain_delay: bool) -> None:
+        """Drain: not-ready, wait drain_delay_s, 503 new requests, finish in-flight, close.
+
+        The admin port closes last: it answers "not ready" while the rest drains.
+        """
+        if self.live is None:
+            return  # nothing was built
         limits = self.live.snapshot.limits
-        self.ready = False
         if limits.drain_delay_s and drain_delay:
             await asyncio.sleep(limits.drain_delay_s)
-        self.proxy.draining = True
-        if self._serving:
+        if self.proxy is not None:
+            self.proxy.draining = True
+        if self.server is not None:
             await self.server.shutdown(limits.shutdown_grace_s)
-            self._serving = False
-        await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
+        if self.shadows is not None:
+            await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
         if self.predlog is not None:
             await self.predlog.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.client.close()
-        for runner in self._runners:
-            await runner.cleanup()
-        self._runners.clear()
+        await self.tasks.close()
+        if self.client is not None:
+            self.client.close()
+        if self.admin is not None:
+            await self.admin.close()
         log.info("stopped")

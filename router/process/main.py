@@ -14,6 +14,7 @@ from .app import RouterApp
 from .runtime import run
 
 if TYPE_CHECKING:
+    from ..control.reload import Reloader
     from .workers import Supervisor
 
 log = logging.getLogger("model_router")
@@ -35,11 +36,13 @@ async def _serve(config_path: Path, workers: int = 1) -> int:
     except (OSError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    reloader = app.reloader
+    assert reloader is not None  # start() built it
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
     def on_sighup() -> None:
-        app._spawn(_reload_quietly(app))
+        app.tasks.spawn(_reload_quietly(reloader))
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -50,9 +53,9 @@ async def _serve(config_path: Path, workers: int = 1) -> int:
     return 0
 
 
-async def _reload_quietly(app: RouterApp) -> None:
+async def _reload_quietly(reloader: Reloader) -> None:
     try:
-        await app.reloader.reload("sighup")
+        await reloader.reload("sighup")
     except ConfigError:
         pass  # logged, counted and kept in history by the reloader
 

@@ -22,20 +22,21 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 
 from ..config import Live, Snapshot, load_snapshot
-from ..control.admin import build_admin
+from ..control.admin import Administered, AdminServer
 from ..control.history import History
 from ..control.reload import Reloader, Watcher
 from ..errors import ConfigError
 from ..metrics import Metrics
+from .lifecycle import Lifecycle
 
 log = logging.getLogger("model_router.workers")
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONFIG_SERIES = ["model_router_traffic_weight", "model_router_config_reloads_total",
                  "model_router_config_info"]
 
@@ -59,8 +60,9 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
     snapshot = await asyncio.to_thread(load_snapshot, path, source="startup", files=files)
     app = RouterApp(path, worker=True)
     await app.start(snapshot)
+    reloader = app.reloader
+    assert reloader is not None  # start() built it
     conn.send(("ready", os.getpid()))
-    tasks: set[asyncio.Task[None]] = set()
 
     async def apply(files: dict[str, bytes], source: str) -> None:
         try:
@@ -68,7 +70,7 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
         except ConfigError as exc:  # validated by the supervisor; only a changed env gets here
             log.error("cannot compile the supervisor's config: %s", exc.errors)
             return
-        app.reloader.applied(new, record=False)
+        reloader.applied(new, record=False)
 
     def on_message() -> None:
         try:
@@ -78,9 +80,7 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
             stop.set()
             return
         if message[0] == "apply":
-            task = asyncio.ensure_future(apply(message[1], message[2]))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            app.tasks.spawn(apply(message[1], message[2]))
         elif message[0] == "stop":
             stop.set()
 
@@ -91,28 +91,38 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
     await app.stop(drain_delay=False)
 
 
-class Supervisor:
-    """Admin, watch and history for N workers; the same admin API as a single process."""
+class Supervisor(Lifecycle):
+    """Admin, watch and history for N workers; the same admin API as a single process.
+
+    Parts exist from ``__init__`` (None or empty until ``start`` builds them, in order);
+    a failed start stops the workers already running (see ``Lifecycle``).
+    """
 
     def __init__(self, config_path: str | Path, workers: int, *,
                  watch_interval: float = 0.2) -> None:
+        super().__init__()
         self.config_path = Path(config_path)
         self.count = workers
         self.watch_interval = watch_interval
         self.metrics = Metrics()
-        self.ready = False
         self.port = 0
         self.admin_port = 0
-        self._procs: list[Any] = []
+        # Built by start(), in this order.
+        self.live: Live | None = None
+        self.history: History | None = None
+        self.reloader: Reloader | None = None
+        self._metrics_dir: Path | None = None
+        self.processes: list[Any] = []  # the workers, in the order they were started
         self._conns: list[multiprocessing.connection.Connection] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self._metrics_dir = Path(tempfile.mkdtemp(prefix="model-router-metrics-"))
+        self.admin: AdminServer | None = None
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.config_path} workers={self.count} ready={self.ready}>"
 
     async def start(self) -> None:
+        await self._start(self._startup())
+
+    async def _startup(self) -> None:
         snapshot = await asyncio.to_thread(load_snapshot, self.config_path, source="startup")
         rollouts = [r.name for r in snapshot.routes if r.rollout is not None]
         if rollouts:
@@ -120,11 +130,13 @@ class Supervisor:
                                "(each process judges its own traffic; see README)")
         self.live = Live(snapshot)
         self.history = History(snapshot.state_dir)
-        self.reloader = Reloader(self.config_path, self.live, self.metrics, self.history)
-        self.reloader.on_applied.append(self._broadcast)
-        self.reloader.applied(snapshot)
+        self.reloader = reloader = Reloader(self.config_path, self.live, self.metrics,
+                                            self.history)
+        reloader.on_applied.append(self._broadcast)
+        reloader.applied(snapshot)
         # Workers are fresh interpreters: they import prometheus_client in multiprocess mode.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self._metrics_dir)
+        self._metrics_dir = Path(tempfile.mkdtemp(prefix="model-router-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(self._metrics_dir)
         ctx = multiprocessing.get_context("spawn")
         for _ in range(self.count):
             parent, child = ctx.Pipe()
@@ -133,20 +145,16 @@ class Supervisor:
                                      logging.getLogger().level))
             proc.start()
             child.close()
-            self._procs.append(proc)
+            self.processes.append(proc)
             self._conns.append(parent)
-        for conn, proc in zip(self._conns, self._procs):
+        for conn, proc in zip(self._conns, self.processes):
             if not await asyncio.to_thread(self._wait_ready, conn, proc):
-                await self.stop(drain_delay=False)
                 raise RuntimeError(f"worker {proc.pid} did not start (see its log above)")
         self.port = snapshot.listen.port
-        self._runner = web.AppRunner(build_admin(self), access_log=None)  # type: ignore[arg-type]
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, snapshot.admin.host, snapshot.admin.port)
-        await site.start()
-        self.admin_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        task = asyncio.ensure_future(Watcher(self.reloader, self.watch_interval).run())
-        self._tasks.add(task)
+        # Typed for what the admin API reads, which exists by now.
+        self.admin = AdminServer(cast(Administered, self))
+        self.admin_port = await self.admin.start(snapshot.admin.host, snapshot.admin.port)
+        self.tasks.spawn(Watcher(reloader, self.watch_interval).run())
         self.ready = True
         log.info("supervisor: %d workers on %s:%d, admin on %s:%d", self.count,
                  snapshot.listen.host, self.port, snapshot.admin.host, self.admin_port)
@@ -169,46 +177,44 @@ class Supervisor:
             except (BrokenPipeError, OSError):
                 log.error("a worker is gone; it did not get revision %s", snapshot.revision)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def render_metrics(self) -> bytes:
         from prometheus_client import multiprocess
 
         workers = CollectorRegistry()
-        multiprocess.MultiProcessCollector(workers, path=str(self._metrics_dir))
+        if self._metrics_dir is not None:
+            multiprocess.MultiProcessCollector(workers, path=str(self._metrics_dir))
         own = self.metrics.registry.restricted_registry(
             CONFIG_SERIES + [n + s for n in CONFIG_SERIES for s in ("", "_total")])
         return generate_latest(own) + generate_latest(workers)
 
     def readiness_problems(self) -> list[str]:
         problems = [] if self.ready else ["not started or draining"]
-        dead = [p.pid for p in self._procs if not p.is_alive()]
+        dead = [p.pid for p in self.processes if not p.is_alive()]
         if dead:
             problems.append(f"workers exited: {dead}")
         return problems
 
-    async def stop(self, drain_delay: bool = True) -> None:
-        limits = self.live.snapshot.limits
-        self.ready = False
-        if limits.drain_delay_s and drain_delay:
-            await asyncio.sleep(limits.drain_delay_s)
+    async def _shutdown(self, drain_delay: bool) -> None:
+        grace = 0.0
+        if self.live is not None:
+            limits = self.live.snapshot.limits
+            if limits.drain_delay_s and drain_delay:
+                await asyncio.sleep(limits.drain_delay_s)
+            grace = limits.shutdown_grace_s
         for conn in self._conns:
             try:
                 conn.send(("stop",))
             except (BrokenPipeError, OSError):
                 pass
-        deadline = limits.shutdown_grace_s + 10
-        for proc in self._procs:
-            await asyncio.to_thread(proc.join, deadline)
+        for proc in self.processes:
+            await asyncio.to_thread(proc.join, grace + 10)
             if proc.is_alive():
                 proc.kill()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-        shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        await self.tasks.close()
+        if self.admin is not None:
+            await self.admin.close()
+        if self._metrics_dir is not None:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+            if os.environ.get(MULTIPROC_ENV) == str(self._metrics_dir):
+                del os.environ[MULTIPROC_ENV]  # no later child inherits a removed folder
         log.info("supervisor stopped")
