@@ -267,12 +267,11 @@ class Served:
         return f"http://127.0.0.1:{self.admin}{path}"
 
 
-async def start_serve(path: Path, env: dict[str, str] | None = None,
-                      ) -> asyncio.subprocess.Process:
+async def start_serve(path: Path) -> asyncio.subprocess.Process:
     """Start ``model-router serve -c path`` (stdout and stderr piped together)."""
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "router.cli", "serve", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT, env=env)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT)
 
 
 async def wait_ready(served: Served, client: aiohttp.ClientSession,
