@@ -12,8 +12,10 @@ async def test_fires_once_never_early_and_within_a_slot() -> None:
     loop = asyncio.get_running_loop()
     fired: list[float] = []
     start = loop.time()
+    done = asyncio.Event()
     deadlines.after(0.12, lambda: fired.append(loop.time()))
-    await asyncio.sleep(0.4)
+    deadlines.after(0.3, done.set)  # a later slot: fires after the first, and after a repeat
+    await asyncio.wait_for(done.wait(), 2)
     assert len(fired) == 1
     assert 0.12 <= fired[0] - start < 0.12 + 0.05 + 0.1  # slot rounding + scheduling slack
 
@@ -26,7 +28,9 @@ async def test_cancelled_deadlines_never_fire_and_share_slots() -> None:
     for handle in handles[::2]:
         handle.cancel()
         handle.cancel()  # idempotent
-    await asyncio.sleep(0.2)
+    done = asyncio.Event()
+    deadlines.after(0.15, done.set)  # a later slot: fires once the 0.05 s ones had their turn
+    await asyncio.wait_for(done.wait(), 2)
     assert sorted(fired) == list(range(1, 100, 2))
     assert not deadlines._slots
 

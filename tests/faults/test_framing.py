@@ -76,6 +76,7 @@ async def test_bytes_on_an_idle_pooled_connection_close_it(tmp_path: Path, tcp, 
                                                            client) -> None:
     stray_written = asyncio.Event()
     closed_by_router = asyncio.Event()
+    first_read = asyncio.Event()
     answers = iter([b"first", b"fresh"])
 
     async def upstream(reader, writer) -> None:
@@ -84,7 +85,7 @@ async def test_bytes_on_an_idle_pooled_connection_close_it(tmp_path: Path, tcp, 
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n" + body)
         await writer.drain()
         if body == b"first":  # then, while the connection sits idle in the pool:
-            await asyncio.sleep(0.05)
+            await first_read.wait()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL")
             await writer.drain()
             stray_written.set()
@@ -96,6 +97,7 @@ async def test_bytes_on_an_idle_pooled_connection_close_it(tmp_path: Path, tcp, 
                                                            protocol="raw")]))
     async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
         assert await resp.read() == b"first"
+    first_read.set()
     await asyncio.wait_for(closed_by_router.wait(), 5)
     async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
         assert await resp.read() == b"fresh"
@@ -558,11 +560,13 @@ async def test_a_flood_of_informational_answers_is_502(tmp_path: Path, tcp, star
 
 async def test_a_reset_inside_a_close_delimited_answer_is_not_a_complete_answer(
         tmp_path: Path, tcp, start_router, client) -> None:
+    streaming = asyncio.Event()
+
     async def upstream(reader, writer) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial-data-")
         await writer.drain()
-        await asyncio.sleep(0.1)  # the router has started streaming the answer
+        await streaming.wait()  # the router has started streaming the answer
         rst(writer)
 
     base = await tcp(upstream)
@@ -570,6 +574,8 @@ async def test_a_reset_inside_a_close_delimited_answer_is_not_a_complete_answer(
                                                            protocol="raw")]))
     with pytest.raises(aiohttp.ClientPayloadError):  # the client sees the answer cut
         async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+            assert resp.status == 200
+            streaming.set()
             await resp.read()
     await app.predlog.flush()
     record = next(iter(iter_records(tmp_path / "logs")))

@@ -31,14 +31,6 @@ async def reset_mid(reader, writer) -> None:
     rst(writer)
 
 
-async def reset_mid_stream(reader, writer) -> None:
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
-    await writer.drain()
-    await asyncio.sleep(0.2)
-    rst(writer)
-
-
 async def garbage(reader, writer) -> None:
     await read_request(reader)
     writer.write(b"this is not HTTP at all\r\n\r\n")
@@ -122,11 +114,21 @@ async def test_fallback_on_reset_but_not_on_timeout(tmp_path: Path, tcp, upstrea
 
 async def test_stream_cut_mid_response_closes_the_client_connection(
         tmp_path: Path, tcp, start_router, client) -> None:
+    streaming = asyncio.Event()
+
+    async def reset_mid_stream(reader, writer) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await streaming.wait()  # the client has the answer's head: the cut is mid-stream
+        rst(writer)
+
     app = await start_router(write_config(tmp_path, [route({"v1": await tcp(reset_mid_stream)
                                                              + "/m"})]))
     import aiohttp
     async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
         assert resp.status == 200
+        streaming.set()
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
     async with client.post(url(app, "/nowhere"), data=b"{}") as resp:
