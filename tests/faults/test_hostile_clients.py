@@ -77,8 +77,8 @@ async def test_hostile_request_gets_a_clean_4xx(app_and_log, client, data: bytes
     app, seen, _ = app_and_log
     answer = await raw(app.port, data)
     # The router's JSON errors, or aiohttp's own 400 (HTTP/1.0) for unparseable requests.
-    assert answer[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ") and answer[9:].startswith(expected) \
-        or answer == b"", answer[:120]
+    assert answer[:9] in (b"HTTP/1.1 ", b"HTTP/1.0 ") and answer[9:].startswith(expected), \
+        answer[:120]
     assert b"Traceback" not in answer
     assert not any(p.startswith(("/raw/smuggled", "/etc", "/admin", "/steal"))
                    or "evil" in h for p, h, _ in seen), seen
