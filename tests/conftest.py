@@ -1,7 +1,7 @@
 """Shared fixtures: real aiohttp upstreams and raw TCP servers on 127.0.0.1, a running router.
 
-Plain helpers live in helpers.py. The names below it re-exports stay importable from conftest
-for modules that still import them from here (pytest discourages it: import from helpers).
+Plain helpers live in helpers.py; test modules import them from there. The helper names
+imported below also stay importable from conftest, for modules not yet moved to helpers.
 """
 
 from __future__ import annotations

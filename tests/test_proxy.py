@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from helpers import echo_versions, free_port, route, url, write_config
+from helpers import echo_versions, free_port, route, url, wait_for, write_config
 
 from router.analysis.audit import iter_records
 
@@ -243,7 +243,6 @@ async def test_overload_is_503_with_retry_after(tmp_path: Path, upstreams, start
                                           limits={"max_concurrency": 2}))
     held = [asyncio.ensure_future(client.post(url(app, "/v2/models/fraud/infer"), data=b"{}"))
             for _ in range(2)]
-    from conftest import wait_for
     await wait_for(lambda: app.proxy.inflight == 2)
     async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
         assert resp.status == 503

@@ -128,7 +128,7 @@ async def test_kill_9_loses_at_most_the_last_flush(tmp_path: Path, upstreams, cl
     assert len(answered) > 200
     # lost records were all answered within the last flush interval (+ scheduling slack)
     assert all(killed_at - t < 0.1 + 0.25 for t in lost), sorted(killed_at - t for t in lost)
-    assert torn_files(files) == [] or len(torn_files(files)) == 1
+    assert len(torn_files(files)) <= 1  # at most the file being written when killed
 
 
 async def test_no_secret_reaches_log_config_or_history(tmp_path: Path, upstreams,
