@@ -78,6 +78,8 @@ class _Head:
 
 def _route(p: Problems, path: str, raw: Any, registry: Registry, base: Path,
            ) -> Route | None:
+    """One route block: what it is, its versions and their gate, who owns its weights, its
+    options; None when any of them has an error (reported in ``p``)."""
     spec = p.mapping(path, raw, _ROUTE_KEYS, required=("name", "match", "versions"))
     if spec is None:
         return None
