@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from helpers import base_route, write_config
+
 from router.cli import build_parser, main
 from router.control.client import describe_rollout
 
@@ -75,10 +75,10 @@ def test_history_prints_one_line_per_event(tmp_path: Path,
 
 
 @pytest.mark.parametrize(("at", "code", "expect"), [
-    ("2026-11-26T11:30:00", 0, "  fraud: v1 50, v2 50 (rollout step 2/3 at "
-                               "2026-11-26T11:00:00.000Z)"),
-    ("2026-11-26T10:30:00", 0, "  fraud: v1 95, v2 5 (applied rev abc at "
-                               "2026-11-26T10:00:00.000Z)"),
+    ("2026-11-26T11:30:00", 0,
+     "  fraud: v1 50, v2 50 (rollout step 2/3 at 2026-11-26T11:00:00.000Z)"),
+    ("2026-11-26T10:30:00", 0,
+     "  fraud: v1 95, v2 5 (applied rev abc at 2026-11-26T10:00:00.000Z)"),
     ("2026-11-26T09:00:00", 1, "no config was applied before 2026-11-26T09:00:00.000Z"),
     ("yesterday-ish", 1, "bad time: "),
 ], ids=["rollout", "applied", "before", "bad-time"])
