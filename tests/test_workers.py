@@ -72,7 +72,8 @@ async def test_two_workers(tmp_path: Path, upstreams, client) -> None:
         cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     served = Served(proc, port, admin)
     try:
-        await wait_ready(served, client)
+        # Three interpreters import the package: on a busy two-core machine that took >10 s.
+        await wait_ready(served, client, timeout=60)
         compiled = load_snapshot(path).routes[0]
         sent = 0
 
