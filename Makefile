@@ -17,7 +17,8 @@ demo: $(STAMP)
 test: $(STAMP) promtool
 	$(VENV)/bin/python -m pytest -q
 
-# The pure, in-process and quick loopback tiers: what to run while editing.
+# The pure, in-process and quick loopback tiers: what to run while editing. Without the
+# loopback tier too: .venv/bin/python -m pytest -m "not slow and not loopback"
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 

@@ -27,6 +27,16 @@ from helpers import (  # noqa: F401 - re-exported, see the docstring
 
 from router.process.app import RouterApp
 
+# The fixtures that open sockets: a test using any of them (directly or through another
+# fixture) is in the loopback tier, marked so the pure and in-process tiers run alone.
+LOOPBACK_FIXTURES = {"upstreams", "client", "start_router", "tcp"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LOOPBACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.loopback)
+
 
 @pytest.fixture
 async def upstreams() -> AsyncIterator[Upstreams]:
