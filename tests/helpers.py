@@ -43,6 +43,16 @@ REGISTRY = {
 }
 
 
+class Clock:
+    """A fake clock for injected ``clock`` seams: call it for the time, move ``now`` by hand."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # -- config files ------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -11,7 +11,15 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import web
-from helpers import admin_url, base_route, rewrite, rollout_route, url, write_config
+from helpers import (
+    Clock,
+    admin_url,
+    base_route,
+    rewrite,
+    rollout_route,
+    url,
+    write_config,
+)
 
 from router.config import load_snapshot
 from router.control.rollout import Arm, check_error_rate, check_latency
@@ -34,14 +42,6 @@ def flaky(every: int | None, delay: float = 0.0) -> web.Application:
     app = web.Application()
     app.router.add_post("/m/infer", infer)
     return app
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def send(client, app, n: int, concurrency: int = 20) -> dict[str, int]:

@@ -9,6 +9,7 @@ import dataclasses
 from typing import Any
 
 import pytest
+from helpers import Clock
 
 from router.config import Outlier, Version
 from router.dataplane.upstream import (
@@ -139,14 +140,6 @@ def test_translate(exc: BaseException, kind_of_error: type, kind: str, message: 
 
 
 # -- balancer --------------------------------------------------------------------------------
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 A, B, C = "http://a:1/m", "http://b:1/m", "http://c:1/m"
 OUTLIER = Outlier(consecutive_failures=3, ejection_s=30.0)
