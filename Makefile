@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/model-router demo
 
 test: $(STAMP) promtool
+	$(VENV)/bin/python -m mypy
 	$(VENV)/bin/python -m pytest -q
 
 # The pure, in-process and quick loopback tiers: what to run while editing. Without the

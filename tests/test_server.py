@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import wait_for
+from helpers import wait_for
 from router.config import Limits
 from router.dataplane.http import Request, Response
 from router.dataplane.server import MAX_PIPELINE, Connection, HttpServer

@@ -13,7 +13,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import orjson
 
@@ -106,7 +106,8 @@ def _parse_field(p: Problems, path: str, name: str, raw: Any) -> Field | None:
         p.error(path, f"min/max apply to numbers, not {ftype}")
     if low is not None and high is not None and low > high:
         p.error(path, f"min {low:g} is above max {high:g}")
-    return Field(name=name, type=ftype, required=bool(required), nullable=bool(nullable),
+    return Field(name=name, type=cast(FieldType, ftype), required=bool(required),
+                 nullable=bool(nullable),
                  min=low, max=high, enum=enum)
 
 

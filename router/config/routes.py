@@ -90,7 +90,7 @@ def _route(p: Problems, path: str, raw: Any, registry: Registry, base: Path,
         versions, vspec = compile_versions(p, join(path, "versions"), spec["versions"],
                                            registry, head.model, base)
     if head.input_schema in registry.schemas and head.model in registry.models:
-        _gate(p, path, registry, head.model, head.input_schema, versions)  # type: ignore[arg-type]
+        _gate(p, path, registry, head.model, head.input_schema, versions)
     # Every name listed: one that failed to compile has been reported, not again as unknown.
     listed = {k: None for k in (vspec or {}) if isinstance(k, str)}
     weights = compile_weights(p, path, spec, listed)
@@ -160,7 +160,7 @@ def _validator(registry: Registry, head: _Head) -> Validator | None:
     """The request validator of ``input_schema``; none on raw routes or validation off."""
     if head.input_schema in registry.schemas and head.protocol != "raw" \
             and head.validation != "off":
-        return Validator(registry.schemas[head.input_schema],  # type: ignore[index]
+        return Validator(registry.schemas[head.input_schema],
                          head.protocol)  # type: ignore[arg-type]
     return None
 
@@ -217,7 +217,7 @@ def _sticky(p: Problems, path: str, raw: Any, route_name: str) -> Sticky | None:
     salt = p.string(join(path, "salt"), spec["salt"]) if "salt" in spec else route_name
     if key is None or salt is None:
         return None
-    return Sticky(kind=kinds[0], key=key.lower() if kinds[0] == "header" else key,  # type: ignore[arg-type]
+    return Sticky(kind=kinds[0], key=key.lower() if kinds[0] == "header" else key,
                   salt=salt)
 
 

@@ -31,7 +31,7 @@ class AliasError(yaml.YAMLError):
         self.problem_mark = None
 
 
-class Loader(_Base):  # type: ignore[misc, valid-type]
+class Loader(_Base):
     """SafeLoader with the YAML 1.2 core schema's implicit types."""
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:

@@ -69,7 +69,7 @@ Signature = tuple[tuple[int, int, int] | None, ...]
 
 def signature(paths: list[Path]) -> Signature:
     """(inode, mtime, size) per file, following symlinks; None for a missing file."""
-    out = []
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
             st = os.stat(path)

@@ -343,6 +343,7 @@ class Controller:
 
     def _event(self, event: str, route: Route, state: RolloutState,
                evidence: dict[str, Any]) -> None:
+        assert route.rollout is not None  # events are only about routes with a rollout
         self.history.append({"ts": iso(self.clock()), "event": event,
                              "revision": self.live.snapshot.revision if self.live else None,
                              "source": "rollout", "routes": {route.name: {

@@ -221,6 +221,7 @@ async def run_demo(folder: Path, duration: float, story: bool) -> int:
         if result and result.get("agreement") is not None:
             agreement.append(result["agreement"])
 
+    assert app.shadows is not None and app.drift is not None and app.live is not None
     app.shadows.observers.append(on_shadow)
     drift = {"amount": 1.0}
     tasks = [asyncio.ensure_future(users(base, stats, stop, seed, drift)) for seed in range(6)]
