@@ -1,17 +1,86 @@
-"""What the data plane hands its observers, and what a prediction record is made from.
+"""What the data plane hands its observers, what a prediction record is made of, and whose
+figures a route's others are compared with.
 
 A leaf both sides import: the proxy builds an ``Exchange`` per matched request and hands it,
 finished, to every observer (docs/architecture.md "Observers"); shadow copies and feedback
-become ``Entry`` values; the log's writer reads either through ``Record``.
+become ``Entry`` values; the log's writer reads either through ``Record`` and writes the
+fields of ``RECORD_FIELDS`` (the one record schema: the writer, the audit's columns and
+README's example follow it); ``control_version`` is the route's control for drift and reports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .config import PredictionLogSettings, Route, Snapshot
+
+# -- the record schema ------------------------------------------------------------------------
+
+# Every field of a prediction record, in the order written: name -> (DuckDB type, meaning).
+# ``observers.predlog.build_record`` writes them (``outcome`` on feedback records only),
+# ``analysis.audit`` reads them with these types; tests/test_contracts.py holds both, and
+# README's record example, to this list.
+RECORD_FIELDS: dict[str, tuple[str, str]] = {
+    "ts": ("VARCHAR", "when the request headers arrived, UTC ISO 8601 with milliseconds"),
+    "request_id": ("VARCHAR", "x-request-id, the V2 request id, or a generated one"),
+    "route": ("VARCHAR", "the route's name"),
+    "model": ("VARCHAR", "the route's registry model"),
+    "version": ("VARCHAR", "the version that answered; null when refused before choosing"),
+    "role": ("VARCHAR", "primary | shadow | feedback"),
+    "reason": ("VARCHAR",
+               "split | sticky | override | pinned | blue_green | rollout | fallback | shadow"),
+    "upstream": ("VARCHAR", "scheme://host:port the request went to"),
+    "status": ("INTEGER", "the answer's status"),
+    "latency_ms": ("DOUBLE", "from the request headers to the last byte sent"),
+    "config_revision": ("VARCHAR", "12 hex digits of sha256 over router.yaml + registry.yaml"),
+    "schema": ("VARCHAR", "the route's input_schema"),
+    "sticky_key": ("VARCHAR", "keyed blake2b of the sticky key, never the raw key"),
+    "input": ("JSON", "the request body under the payload policy"),
+    "output": ("JSON", "the answer body under the payload policy"),
+    "violations": ("JSON", "schema violations found by validation"),
+    "served_model_version": ("VARCHAR", "the model version the V2 answer names"),
+    "fallback_from": ("VARCHAR", "the version that failed before the fallback answered"),
+    "compare": ("JSON", "shadow records: against, match, max_abs_diff, agreement"),
+    "error": ("VARCHAR", "what went wrong, when something did"),
+    "trace_id": ("VARCHAR", "the W3C trace id from traceparent"),
+    "outcome": ("JSON", "feedback records: the business outcome"),
+}
+FEEDBACK_ONLY = frozenset({"outcome"})     # absent from primary and shadow records
+
+
+# -- the control version ------------------------------------------------------------------------
+
+def control(blue: str | None, baseline: str | None, listed: Iterable[str]) -> str | None:
+    """The control version of a route: the blue colour, the rollout baseline, or the
+    first-listed split version (README "Monitoring"); None when there is none."""
+    if blue is not None:
+        return blue
+    if baseline is not None:
+        return baseline
+    return next(iter(listed), None)
+
+
+def control_version(route: Route) -> str:
+    """The control version of a compiled route (a route always has one of split, blue_green or
+    rollout; its first version otherwise)."""
+    found = control(route.blue_green.blue if route.blue_green is not None else None,
+                    route.rollout.baseline if route.rollout is not None else None,
+                    (name for name, _ in route.split))
+    return found if found is not None else next(iter(route.versions))
+
+
+def control_in_config(item: Mapping[str, Any]) -> str | None:
+    """The control version of a route as router.yaml spells it (one item of ``routes``), for
+    readers of a stored revision that do not compile it."""
+    blue_green, rollout, split = item.get("blue_green"), item.get("rollout"), item.get("split")
+    return control(blue_green.get("blue") if isinstance(blue_green, dict) else None,
+                   rollout.get("baseline") if isinstance(rollout, dict) else None,
+                   (str(name) for name in split) if isinstance(split, dict) else ())
+
+
+# -- what observers receive ---------------------------------------------------------------------
 
 
 @dataclass(slots=True)

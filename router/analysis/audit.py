@@ -22,18 +22,12 @@ from typing import Any
 
 import orjson
 
+from ..records import RECORD_FIELDS
 from ..timefmt import iso
 
 log = logging.getLogger("model_router.audit")
 
-COLUMNS = {
-    "ts": "VARCHAR", "request_id": "VARCHAR", "route": "VARCHAR", "model": "VARCHAR",
-    "version": "VARCHAR", "role": "VARCHAR", "reason": "VARCHAR", "upstream": "VARCHAR",
-    "status": "INTEGER", "latency_ms": "DOUBLE", "config_revision": "VARCHAR",
-    "schema": "VARCHAR", "sticky_key": "VARCHAR", "input": "JSON", "output": "JSON",
-    "violations": "JSON", "served_model_version": "VARCHAR", "fallback_from": "VARCHAR",
-    "compare": "JSON", "error": "VARCHAR", "trace_id": "VARCHAR", "outcome": "JSON",
-}
+COLUMNS = {name: kind for name, (kind, _) in RECORD_FIELDS.items()}  # one per record field
 _JSON_COLUMNS = {k for k, v in COLUMNS.items() if v == "JSON"}
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

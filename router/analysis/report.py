@@ -20,6 +20,7 @@ from typing import Any
 from scipy import stats
 
 from ..config import yaml12
+from ..records import control_in_config
 from ..stats import wilson
 from ..timefmt import iso
 from .audit import LogQuery
@@ -163,12 +164,7 @@ def control_of(state_dir: Path, revision: str | None, route: str) -> str | None:
         return None
     for item in (yaml12.loads(path.read_bytes()) or {}).get("routes") or []:
         if isinstance(item, dict) and item.get("name") == route:
-            if isinstance(item.get("blue_green"), dict):
-                return item["blue_green"].get("blue")
-            if isinstance(item.get("rollout"), dict):
-                return item["rollout"].get("baseline")
-            if isinstance(item.get("split"), dict) and item["split"]:
-                return str(next(iter(item["split"])))
+            return control_in_config(item)
     return None
 
 

@@ -211,7 +211,10 @@ def origin(url: str | None) -> str | None:
 
 def build_record(entry: Record, settings: PredictionLogSettings, sticky_hash: KeyedHash,
                  ) -> tuple[dict[str, Any], str | None]:
-    """The JSON record of README.md "The prediction log"; also the served model version."""
+    """The JSON record of README.md "The prediction log"; also the served model version.
+
+    Its keys are ``records.RECORD_FIELDS`` (``outcome`` on feedback only), written as a literal
+    for speed; tests/test_contracts.py holds the two together."""
     route = entry.route
     protocol = route.protocol if route else "json"
     response = entry.response_body
