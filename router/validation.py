@@ -5,10 +5,9 @@ parsed body of each request. It returns every violation as
 ``{"field", "kind", "expected", "got", "row"}``; kinds are missing | type | null | min | max |
 enum | datatype | shape | format.
 
-Shapes understood: ``v2`` (Open Inference Protocol: each named input is a feature, or one 2-D
-input whose columns are the schema's fields in order) and ``json`` (an object of features,
-``{"instances": [rows]}``, ``{"inputs": rows | {field: column}}``, or a list of rows; a row is
-an object, or a list in schema field order).
+Shapes understood are those ``bodies`` reads (``v2``: each named input is a feature, or one
+2-D input whose columns are the schema's fields in order; ``json``: an object of features,
+rows, or columns): this module only checks the values those readers find.
 """
 
 from __future__ import annotations
@@ -16,6 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .bodies import (
+    MAX_NESTING,
+    json_layout,
+    matrix_shape,
+    shape_holds,
+    tensor_values,
+    v2_matrix,
+    v2_tensors,
+)
 from .config.registry import Field, Schema
 
 Violation = dict[str, Any]
@@ -29,7 +37,6 @@ V2_DATATYPES = {
     "bool": frozenset({"BOOL"}),
 }
 _MISSING = object()
-MAX_DIMS = 64              # nesting of V2 ``data`` accepted (numpy's own limit)
 
 
 def _shown(value: Any) -> Any:
@@ -88,37 +95,10 @@ def compile_check(f: Field) -> Check:
     return check
 
 
-def _flatten(data: Any) -> list[Any] | None:
-    """The values of V2 ``data`` in row-major order; None when nested over MAX_DIMS deep.
-
-    A list whose first item is not a list holds values. The walk keeps its own stack, so a
-    hostile nesting is a violation, never a RecursionError.
-    """
-    if not isinstance(data, list):
-        return [data]
-    if not data or not isinstance(data[0], list):
-        return data
-    out: list[Any] = []
-    stack = [iter(data)]
-    while stack:
-        for item in stack[-1]:
-            if not isinstance(item, list):
-                out.append(item)
-            elif not item or not isinstance(item[0], list):
-                out.extend(item)
-            elif len(stack) + 1 >= MAX_DIMS:
-                return None
-            else:
-                stack.append(iter(item))  # descend; this level resumes where it stopped
-                break
-        else:
-            stack.pop()
-    return out
-
-
 def _too_deep(field: str | None) -> Violation:
-    return {"field": field, "kind": "shape", "expected": f"data nested at most {MAX_DIMS} deep",
-            "got": f"nested over {MAX_DIMS} deep", "row": None}
+    return {"field": field, "kind": "shape",
+            "expected": f"data nested at most {MAX_NESTING} deep",
+            "got": f"nested over {MAX_NESTING} deep", "row": None}
 
 
 class Validator:
@@ -146,18 +126,12 @@ class Validator:
 
     def _json(self, doc: Any) -> list[Violation]:
         out: list[Violation] = []
-        if isinstance(doc, dict):
-            if "instances" in doc:
-                rows = doc["instances"]
-            elif "inputs" in doc:
-                rows = doc["inputs"]
-                if isinstance(rows, dict):
-                    return self._columns(rows, out)
-            else:
-                self._row(doc, 0, out)
-                return out
-        else:
-            rows = doc
+        kind, rows = json_layout(doc)
+        if kind == "row":
+            self._row(rows, 0, out)
+            return out
+        if kind == "columns":
+            return self._columns(rows, out)
         if not isinstance(rows, list):
             return [{"field": None, "kind": "format", "expected": "a list of rows",
                      "got": _shown(rows), "row": None}]
@@ -226,22 +200,15 @@ class Validator:
     # -- v2 --------------------------------------------------------------------------------
 
     def _v2(self, doc: Any) -> list[Violation]:
-        inputs = doc.get("inputs") if isinstance(doc, dict) else None
-        by_name: dict[Any, dict[str, Any]] = {}
-        if isinstance(inputs, list):
-            for tensor in inputs:
-                if tensor.__class__ is not dict:
-                    break
-                by_name[tensor.get("name")] = tensor
-            else:
-                inputs = by_name
-        if inputs is not by_name:
+        by_name = v2_tensors(doc)
+        if by_name is None:
             return [{"field": None, "kind": "format",
                      "expected": '{"inputs": [{"name", "datatype", "shape", "data"}]}',
                      "got": _shown(doc), "row": None}]
         out: list[Violation] = []
-        if len(doc["inputs"]) == 1 and doc["inputs"][0].get("name") not in self.names:
-            return self._v2_matrix(doc["inputs"][0], out)
+        matrix = v2_matrix(doc, self.names)
+        if matrix is not None:
+            return self._v2_matrix(matrix, out)
         rows: int | None = None
         for name, required, check, datatypes in self._v2_checks:
             tensor = by_name.get(name)
@@ -250,7 +217,7 @@ class Validator:
                     out.append({"field": name, "kind": "missing", "expected": "present",
                                 "got": None, "row": None})
                 continue
-            data = _flatten(tensor.get("data"))
+            data = tensor_values(tensor.get("data"))
             if data is None:
                 out.append(_too_deep(name))
                 continue
@@ -261,7 +228,7 @@ class Validator:
                 continue
             count = len(data)
             if not (shape.__class__ is list and len(shape) == 1 and shape[0] == count
-                    and shape[0].__class__ is int) and not self._shape_ok(shape, count):
+                    and shape[0].__class__ is int) and not shape_holds(shape, count):
                 out.append({"field": name, "kind": "shape",
                             "expected": f"shape whose product is {count}",
                             "got": _shown(shape), "row": None})
@@ -282,12 +249,11 @@ class Validator:
     def _v2_matrix(self, tensor: dict[str, Any], out: list[Violation]) -> list[Violation]:
         shape = tensor.get("shape")
         width = len(self.checks)
-        data = _flatten(tensor.get("data"))
+        data = tensor_values(tensor.get("data"))
         if data is None:
             out.append(_too_deep(None))
             return out
-        if not (isinstance(shape, list) and len(shape) == 2 and shape[1] == width
-                and self._shape_ok(shape, len(data))):
+        if not matrix_shape(shape, width, len(data)):
             out.append({"field": None, "kind": "shape",
                         "expected": f"[rows, {width}] with columns {', '.join(self.names)}",
                         "got": _shown(shape), "row": None})
@@ -300,12 +266,3 @@ class Validator:
                     out.append({"field": name, "kind": bad[0], "expected": bad[1],
                                 "got": _shown(value), "row": r})
         return out
-
-    @staticmethod
-    def _shape_ok(shape: Any, count: int) -> bool:
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            return False
-        product = 1
-        for d in shape:
-            product *= d
-        return product == count

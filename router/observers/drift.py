@@ -28,7 +28,7 @@ import orjson
 
 from ..bodies import category, input_columns, output_columns
 from ..config import Route, Snapshot
-from ..records import Exchange
+from ..records import Exchange, control_version
 
 log = logging.getLogger("model_router.drift")
 
@@ -76,18 +76,24 @@ def _baseline(snapshot: Snapshot, path: Path | None) -> Any:
     return snapshot.baselines.get(path) if path is not None else None
 
 
-def control_version(route: Route) -> str:
-    """The blue colour, or the first-listed split version."""
-    if route.blue_green is not None:
-        return route.blue_green.blue
-    return route.split[0][0] if route.split else next(iter(route.versions))
+def schema_fields(snapshot: Snapshot, route: Route, control: str) -> tuple[str, ...]:
+    """The field names, in order, that name the columns of positional request shapes: the
+    route's ``input_schema``, else the control version's schema."""
+    schema_id = route.input_schema
+    if schema_id is None and route.model is not None:
+        entry = snapshot.registry.version(route.model, control)
+        schema_id = entry.schema if entry else None
+    schema = snapshot.registry.schemas.get(schema_id) if schema_id else None
+    return tuple(f.name for f in schema.fields) if schema else ()
 
 
 class _Window:
-    __slots__ = ("baseline", "values")
+    __slots__ = ("baseline", "fields", "values")
 
-    def __init__(self, baseline: dict[str, Any], size: int) -> None:
+    def __init__(self, baseline: dict[str, Any], size: int,
+                 fields: tuple[str, ...] = ()) -> None:
         self.baseline = baseline
+        self.fields = fields        # columns of a 2-D V2 tensor or of list rows, in order
         self.values: dict[str, deque[Any]] = {
             name: deque(maxlen=size) for name in baseline.get("features", {})}
 
@@ -118,12 +124,15 @@ class DriftMonitor:
         for route in snapshot.routes:
             if route.model is None:
                 continue
-            control = snapshot.registry.version(route.model, control_version(route))
+            control_name = control_version(route)
+            control = snapshot.registry.version(route.model, control_name)
             base = _baseline(snapshot, control.baseline if control else None)
             if base:
                 old = self.inputs.get(route.name)
+                fields = schema_fields(snapshot, route, control_name)
                 inputs[route.name] = old if old and old.baseline == base \
-                    else _Window(base, route.drift.window_rows)
+                    and old.fields == fields \
+                    else _Window(base, route.drift.window_rows, fields)
             for name in route.versions:
                 entry = snapshot.registry.version(route.model, name)
                 out_base = _baseline(snapshot, entry.output_baseline if entry else None)
@@ -154,7 +163,7 @@ class DriftMonitor:
         """Record one sampled exchange; called after the response, never raises."""
         window = self.inputs.get(route.name)
         if window is not None and doc is not None:
-            for name, values in input_columns(doc, route.protocol).items():
+            for name, values in input_columns(doc, route.protocol, window.fields).items():
                 target = window.values.get(name)
                 if target is not None:
                     target.extend(values)

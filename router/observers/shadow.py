@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ..bodies import prediction_rows
 from ..config import Route, Shadow
 from ..dataplane.client import Client
 from ..dataplane.upstream import Balancer, request_headers, translate
@@ -30,56 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("model_router.shadow")
 
-MAX_NESTING = 64           # answers nested deeper are not compared (agreement unknown)
 
-
-# -- comparison (pure) -------------------------------------------------------------------------
-
-def prediction_rows(doc: Any) -> list[list[Any]] | None:
-    """Rows of an answer: V2 ``outputs`` (first output, by its shape), ``predictions``, lists."""
-    if isinstance(doc, dict):
-        outputs = doc.get("outputs")
-        if isinstance(outputs, list) and outputs and isinstance(outputs[0], dict):
-            first = outputs[0]
-            data = _flatten(first.get("data", []))
-            if data is None:
-                return None
-            shape = first.get("shape") or [len(data)]
-            n = shape[0] if isinstance(shape, list) and shape and isinstance(shape[0], int) \
-                and shape[0] > 0 else len(data)
-            width = max(1, len(data) // n) if n else 1
-            return [data[i * width:(i + 1) * width] for i in range(n)]
-        for key in ("predictions", "outputs", "instances"):
-            if isinstance(doc.get(key), list):
-                return _rows(doc[key])
-        return _rows([doc])
-    if isinstance(doc, list):
-        return _rows(doc)
-    return [[doc]]
-
-
-def _rows(items: list[Any]) -> list[list[Any]] | None:
-    rows = [_flatten(item) for item in items]
-    return None if any(row is None for row in rows) else rows  # type: ignore[return-value]
-
-
-def _flatten(value: Any) -> list[Any] | None:
-    """The scalars of nested lists and objects, in order; None (not comparable) when they
-    nest over MAX_NESTING deep. Walked with its own stack, never a RecursionError."""
-    out: list[Any] = []
-    stack = [iter((value,))]
-    while stack:
-        for item in stack[-1]:
-            if isinstance(item, (list, dict)):
-                if len(stack) > MAX_NESTING:
-                    return None
-                stack.append(iter(item.values() if isinstance(item, dict) else item))
-                break  # descend; this level resumes where it stopped
-            out.append(item)
-        else:
-            stack.pop()
-    return out
-
+# -- comparison (pure): rows of each answer from ``bodies.prediction_rows`` -------------------------------------------------------------------------
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
