@@ -8,7 +8,9 @@ compared with the baseline's fractions:
 
     PSI = sum((live - base) * ln(live / base)), with 1e-4 added to empty bins.
 
-Input drift is per route and feature, against the control version's ``baseline``; output
+Input drift is per route and feature, against the control version's ``baseline`` (features
+read by ``bodies.input_columns`` from every shape validation accepts; a single 2-D V2 tensor's
+or list rows' columns named by the route's schema, else the control version's); output
 drift is per route and version, against that version's ``output_baseline`` (features named
 after the model's outputs; the reported figure is the largest PSI over its outputs).
 """

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("model_router.shadow")
 
 
-# -- comparison (pure): rows of each answer from ``bodies.prediction_rows`` -------------------------------------------------------------------------
+# -- comparison (pure): the rows of each answer come from bodies.prediction_rows ---------------
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
