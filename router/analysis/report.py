@@ -44,7 +44,7 @@ def defined(result: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     undefined = {}
     for name in names:
         value = result.get(name)
-        values = value if isinstance(value, list) else [value]
+        values: list[Any] = value if isinstance(value, list) else [value]
         if value is not None and not all(math.isfinite(v) for v in values):
             result[name] = None
             undefined[name] = OVERFLOW

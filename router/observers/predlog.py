@@ -470,12 +470,12 @@ class PredictionLog:
             if reserved:
                 self._reserved -= 1
         self._entries.append(line)
-        route = entry.route
-        if served is not None and route is not None and entry.version in route.versions \
-                and self.metrics is not None:
-            expected = route.versions[entry.version].model_version
+        route, version = entry.route, entry.version
+        if served is not None and route is not None and version is not None \
+                and version in route.versions and self.metrics is not None:
+            expected = route.versions[version].model_version
             if expected is not None and served != expected:
-                self.metrics.count(self.metrics.version_mismatch, route.name, entry.version)
+                self.metrics.count(self.metrics.version_mismatch, route.name, version)
         return True
 
     def _drop(self) -> None:
