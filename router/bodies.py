@@ -1,6 +1,6 @@
 """Readers of request and answer bodies: the one place body shapes are understood.
 
-Request shapes (docs: DESIGN.md "Schema compatibility", protocols):
+Request shapes (README.md "Feature schemas"; docs/architecture.md "Protocols"):
 
 - ``v2`` (Open Inference Protocol): ``{"inputs": [tensor, ...]}``; each named input is a
   feature, or one 2-D input (the only one, not named after a field) whose columns are the
