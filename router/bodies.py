@@ -173,21 +173,25 @@ def json_field(doc: Any, key: str) -> str | None:
             if isinstance(rows, list) and rows:
                 first = rows[0]
                 if isinstance(first, dict):
-                    if first.get("name") == key and isinstance(first.get("data"), list) \
-                            and first["data"]:
-                        value = first["data"][0]
-                        while isinstance(value, list) and value:
-                            value = value[0]
-                        return None if isinstance(value, (list, dict)) else str(value)
-                    for row in rows:
+                    for row in rows:  # a V2 input named after the key: its first value
                         if isinstance(row, dict) and row.get("name") == key:
-                            return json_field({"inputs": [row]}, key)
+                            return _first_value(row.get("data"))
                     if key in first and not isinstance(first[key], (dict, list)):
                         return str(first[key])
             elif isinstance(rows, dict) and key in rows:  # {"inputs": {features}}
                 value = rows[key]
                 return None if isinstance(value, (dict, list)) else str(value)
     return None
+
+
+def _first_value(data: Any) -> str | None:
+    """The first scalar of a V2 input's (nested) data, as text; None when there is none."""
+    value = data
+    for _ in range(MAX_NESTING):
+        if not isinstance(value, list) or not value:
+            break
+        value = value[0]
+    return None if isinstance(value, (list, dict)) else str(value)
 
 
 # -- answer shapes -------------------------------------------------------------------------------
