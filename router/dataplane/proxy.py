@@ -381,22 +381,33 @@ class Proxy:
         """Hand a finished exchange to the metrics, the prediction log and every observer.
 
         Called exactly once per matched request, after the last byte went out (call_soon);
-        never raises: each side effect fails alone in ``_guarded``.
+        never raises: each side effect fails alone, into ``_failed``.
         """
         self.metrics.observe(ex.route.name, ex.version, "primary", ex.status, ex.latency_s)
         if self.predlog is not None:
             if ex.inference:
-                self._guarded("predlog", self.predlog.add, ex, reserved)
+                try:
+                    self.predlog.add(ex, reserved)
+                except Exception:  # noqa: BLE001 - side effects never break the response
+                    self._failed("predlog")
             elif reserved:
                 self.predlog.release()
-        for name, observer in self.observers:
-            self._guarded(name, observer, ex)
+        for name, observer in self.observers:  # (the try is inline: no call per observer)
+            try:
+                observer(ex)
+            except Exception:  # noqa: BLE001
+                self._failed(name)
 
     def _guarded(self, name: str, effect: Callable[..., Any], *args: Any) -> None:
-        """The one boundary of side effects: a failure is logged with its traceback and
-        counted in ``observer_errors_total{observer}``; it never reaches a client."""
+        """``effect(*args)``, failing into ``_failed`` (the feedback path's side effects)."""
         try:
             effect(*args)
         except Exception:  # noqa: BLE001 - side effects never break the response
-            self.metrics.observer_error(name)
-            log.exception("observer %s failed", name)
+            self._failed(name)
+
+    def _failed(self, name: str) -> None:
+        """The one boundary of side effects (called from an ``except``): the failure is logged
+        with its traceback and counted in ``observer_errors_total{observer}``; it never
+        reaches a client."""
+        self.metrics.observer_error(name)
+        log.exception("observer %s failed", name)
