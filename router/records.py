@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from .config import PredictionLogSettings, Route, Snapshot
 
@@ -116,9 +116,9 @@ class Exchange:
 
     # What the prediction log reads besides the fields above: an Exchange is its own entry
     # (no copy on the hot path); it is never changed after it is handed over.
-    role = "primary"
-    compare = None
-    outcome = None
+    role: ClassVar[str] = "primary"
+    compare: ClassVar[dict[str, Any] | None] = None
+    outcome: ClassVar[dict[str, Any] | None] = None
 
     @property
     def revision(self) -> str:
@@ -135,27 +135,71 @@ Observer = Callable[[Exchange], None]
 class Record(Protocol):
     """What a log entry offers the writer: an ``Entry``, or the proxy's ``Exchange``."""
 
-    ts: float
-    request_id: str
-    route: Route | None
-    role: str
-    version: str | None
-    reason: str | None
-    upstream: str | None
-    status: int
-    sticky_key: str | None
-    request_body: bytes | None
-    response_body: bytes | None
-    response_truncated: bool
-    response_total: int | None
-    fallback_from: str | None
-    compare: dict[str, Any] | None
-    error: str | None
-    violations: list[dict[str, Any]] | None
-    trace_id: str | None
-    outcome: dict[str, Any] | None
-    valid_json: bool               # the request body is known to be JSON
-    answer: Any                    # the answer parsed as JSON, when already parsed (or None)
+    @property
+    def ts(self) -> float: ...
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def route(self) -> Route | None: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def upstream(self) -> str | None: ...
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def sticky_key(self) -> str | None: ...
+
+    @property
+    def request_body(self) -> bytes | None: ...
+
+    @property
+    def response_body(self) -> bytes | None: ...
+
+    @property
+    def response_truncated(self) -> bool: ...
+
+    @property
+    def response_total(self) -> int | None: ...
+
+    @property
+    def fallback_from(self) -> str | None: ...
+
+    @property
+    def compare(self) -> dict[str, Any] | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def violations(self) -> list[dict[str, Any]] | None: ...
+
+    @property
+    def trace_id(self) -> str | None: ...
+
+    @property
+    def outcome(self) -> dict[str, Any] | None: ...
+
+    # the request body is known to be JSON
+    @property
+    def valid_json(self) -> bool: ...
+
+    # the answer parsed as JSON, when already parsed (or None)
+    @property
+    def answer(self) -> Any: ...
+
 
     @property
     def revision(self) -> str: ...
