@@ -1,3 +1,3 @@
 """Offline analysis, never imported by a serving process: ``audit`` (records by request and
 filter, DuckDB), ``report`` (per-version statistics, SciPy), ``baseline`` (drift baselines
-from training data or the log)."""
+from training data or the log), ``views`` (what the CLI prints of them)."""
