@@ -19,7 +19,7 @@ from .config import PredictionLogSettings, Route, Snapshot
 # -- the record schema ------------------------------------------------------------------------
 
 # Every field of a prediction record, in the order written: name -> (DuckDB type, meaning).
-# ``observers.predlog.build_record`` writes them (``outcome`` on feedback records only),
+# ``observers.encode.build_record`` writes them (``outcome`` on feedback records only),
 # ``analysis.audit`` reads them with these types; tests/test_contracts.py holds both, and
 # README's record example, to this list.
 RECORD_FIELDS: dict[str, tuple[str, str]] = {

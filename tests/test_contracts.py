@@ -19,7 +19,7 @@ from router.config import PredictionLogSettings, load_snapshot
 from router.config.registry import Field, Schema
 from router.metrics import Metrics
 from router.observers.drift import DriftMonitor
-from router.observers.predlog import KeyedHash, build_record
+from router.observers.encode import KeyedHash, build_record
 from router.records import (
     FEEDBACK_ONLY,
     RECORD_FIELDS,

@@ -25,7 +25,8 @@ from helpers import (
 
 from router.analysis.audit import iter_records
 from router.config import PredictionLogSettings
-from router.observers.predlog import LogFiles, keyed_hash, payload
+from router.observers.encode import keyed_hash, payload
+from router.observers.predlog import LogFiles
 
 FIELDS = {"ts", "request_id", "route", "model", "version", "role", "reason", "upstream",
           "status", "latency_ms", "config_revision", "schema", "sticky_key", "input", "output",

@@ -22,7 +22,8 @@ from helpers import (
 )
 
 from router.config import load_snapshot
-from router.control.rollout import Arm, check_error_rate, check_latency
+from router.control.evidence import Arm
+from router.control.judge import check_error_rate, check_latency
 from router.errors import ConfigError
 
 

@@ -24,230 +24,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
-import random
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import orjson
 
-from ..config import Live, Rollout, Route, Snapshot
-from ..stats import wilson
+from ..config import Live, Route, Snapshot
 from ..timefmt import iso
+from .evidence import Arm, Evidence
 from .history import History
+from .judge import judge
 
 log = logging.getLogger("model_router.rollout")
 
 ALPHA_PROMOTE = 0.05
 ALPHA_HARM = 0.001
 EARLY_MIN_CANARY = 50
-P99_MIN_SAMPLES = 2000
-LATENCY_KEEP = 20_000       # latency samples kept per arm (uniform reservoir beyond)
-RECENT_IDS = 100_000        # request ids remembered for joining outcomes
-
-
-# -- evidence ----------------------------------------------------------------------------------
-
-@dataclass
-class Arm:
-    requests: int = 0
-    errors: int = 0
-    latencies: list[float] = field(default_factory=list)
-    shadow_compared: int = 0
-    shadow_agreed: float = 0.0
-    outcome_n: int = 0
-    outcome_k: int = 0
-    _seen: int = 0
-
-    def add_latency(self, value: float, rng: random.Random) -> None:
-        self._seen += 1
-        if len(self.latencies) < LATENCY_KEEP:
-            self.latencies.append(value)
-        else:
-            j = rng.randrange(self._seen)
-            if j < LATENCY_KEEP:
-                self.latencies[j] = value
-
-    def summary(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors,
-                "error_rate": self.errors / self.requests if self.requests else None,
-                "latency_samples": len(self.latencies), "shadow_compared": self.shadow_compared,
-                "outcome_n": self.outcome_n, "outcome_k": self.outcome_k}
-
-
-class Evidence(Protocol):
-    def watch(self, route: Route) -> None:
-        """Start (or keep) collecting for a rollout route's baseline and canary."""
-
-    def arms(self, route: str) -> tuple[Arm, Arm]:
-        """(baseline, canary) evidence of the current step."""
-
-    def reset(self, route: str) -> None:
-        """Start a new step's evidence."""
-
-
-class LocalEvidence:
-    """Evidence from this process's own exchanges, shadow comparisons and feedback."""
-
-    def __init__(self) -> None:
-        self._arms: dict[str, tuple[Arm, Arm]] = {}
-        self._roles: dict[str, tuple[str, str, str | None]] = {}  # route -> baseline, canary, outcome
-        self._recent: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._rng = random.Random()
-
-    def __repr__(self) -> str:
-        return f"<LocalEvidence routes={list(self._arms)}>"
-
-    def watch(self, route: Route) -> None:
-        assert route.rollout is not None
-        r = route.rollout
-        roles = (r.baseline, r.canary, r.checks.outcome_name)
-        if self._roles.get(route.name) != roles:
-            self._roles[route.name] = roles
-            self._arms[route.name] = (Arm(), Arm())
-
-    def arms(self, route: str) -> tuple[Arm, Arm]:
-        return self._arms.setdefault(route, (Arm(), Arm()))
-
-    def reset(self, route: str) -> None:
-        self._arms[route] = (Arm(), Arm())
-
-    def _arm(self, route: str, version: str | None) -> tuple[Arm | None, int]:
-        roles = self._roles.get(route)
-        if roles is None or version is None:
-            return None, -1
-        if version == roles[0]:
-            return self.arms(route)[0], 0
-        if version == roles[1]:
-            return self.arms(route)[1], 1
-        return None, -1
-
-    def exchange(self, ex: Any) -> None:
-        """Proxy observer: one finished primary exchange."""
-        arm, index = self._arm(ex.route.name, ex.version)
-        if arm is None or ex.status == 0:
-            return
-        arm.requests += 1
-        if ex.status >= 500:
-            arm.errors += 1
-        arm.add_latency(ex.latency_s, self._rng)
-        self._recent[ex.request_id] = (ex.route.name, index)
-        if len(self._recent) > RECENT_IDS:
-            self._recent.popitem(last=False)
-
-    def shadow(self, route: str, version: str, result: dict[str, Any] | None) -> None:
-        """Shadows observer: a comparison of a shadow copy with its primary."""
-        roles = self._roles.get(route)
-        if roles is None or version != roles[1] or not result:
-            return
-        agreement = result.get("agreement")
-        if agreement is None:
-            agreement = 1.0 if result.get("match") else 0.0
-        canary = self.arms(route)[1]
-        canary.shadow_compared += 1
-        canary.shadow_agreed += agreement
-
-    def feedback(self, request_id: str, outcome: dict[str, Any]) -> None:
-        found = self._recent.get(request_id)
-        if found is None:
-            return
-        route, index = found
-        name = self._roles.get(route, (None, None, None))[2]
-        value = outcome.get(name) if name else None
-        if isinstance(value, bool):
-            arm = self.arms(route)[index]
-            arm.outcome_n += 1
-            arm.outcome_k += value
-
-
-# -- statistics (pure) ---------------------------------------------------------------------------
-
-def _wilson(k: float, n: int, alpha: float) -> tuple[float, float]:
-    """Two-sided (1 - 2 alpha) Wilson interval: each bound is a one-sided alpha test."""
-    bounds = wilson(k, n, 1 - 2 * alpha)
-    assert bounds is not None  # callers check n > 0
-    return bounds
-
-
-def check_error_rate(base: Arm, canary: Arm, max_increase: float, alpha: float,
-                     ) -> dict[str, Any]:
-    """One-sided two-proportion z-test of H0: canary <= baseline + max_increase."""
-    if not base.requests or not canary.requests:
-        return {"check": "error_rate", "failed": False, "reason": "no data"}
-    pb, pc = base.errors / base.requests, canary.errors / canary.requests
-    se = math.sqrt(max(pb * (1 - pb), 1e-12) / base.requests
-                   + max(pc * (1 - pc), 1e-12) / canary.requests)
-    z = (pc - pb - max_increase) / se
-    from scipy import stats  # loaded when a rollout is first judged, not by serving
-    p_value = float(stats.norm.sf(z))
-    return {"check": "error_rate", "failed": p_value < alpha, "baseline": pb, "canary": pc,
-            "max_increase": max_increase, "z": z, "p_value": p_value}
-
-
-def check_latency(base: Arm, canary: Arm, max_ratio: float, alpha: float,
-                  seed: int = 0) -> dict[str, Any]:
-    """Bootstrap CI of the p99 ratio (p90 below 2,000 samples per arm): fail above max_ratio."""
-    nb, nc = len(base.latencies), len(canary.latencies)
-    if nb < 20 or nc < 20:
-        return {"check": "latency", "failed": False, "reason": "fewer than 20 samples"}
-    q = 99 if min(nb, nc) >= P99_MIN_SAMPLES else 90
-    from scipy import stats
-
-    def ratio(c: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.percentile(c, q, axis=axis) / np.maximum(np.percentile(b, q, axis=axis),
-                                                           1e-9)
-
-    c, b = np.asarray(canary.latencies), np.asarray(base.latencies)
-    result = stats.bootstrap((c, b), ratio, n_resamples=999, confidence_level=1 - 2 * alpha,
-                             method="percentile", vectorized=True,
-                             random_state=np.random.default_rng(seed))
-    low = float(result.confidence_interval.low)
-    return {"check": "latency", "quantile": f"p{q}", "failed": low > max_ratio,
-            "ratio": float(ratio(c, b)), "ci_low": low,
-            "ci_high": float(result.confidence_interval.high), "max_ratio": max_ratio}
-
-
-def check_agreement(canary: Arm, minimum: float, alpha: float) -> dict[str, Any]:
-    if not canary.shadow_compared:
-        return {"check": "shadow_agreement", "failed": False, "reason": "no shadow of canary"}
-    low, high = _wilson(canary.shadow_agreed, canary.shadow_compared, alpha)
-    rate = canary.shadow_agreed / canary.shadow_compared
-    return {"check": "shadow_agreement", "failed": high < minimum, "agreement": rate,
-            "wilson_low": low, "wilson_high": high, "min": minimum,
-            "n": canary.shadow_compared}
-
-
-def check_outcome(base: Arm, canary: Arm, name: str, max_drop: float,
-                  alpha: float) -> dict[str, Any]:
-    if not base.outcome_n or not canary.outcome_n:
-        return {"check": "outcome", "name": name, "failed": False, "reason": "no feedback"}
-    rate_b = base.outcome_k / base.outcome_n
-    low, high = _wilson(canary.outcome_k, canary.outcome_n, alpha)
-    return {"check": "outcome", "name": name, "failed": high < rate_b - max_drop,
-            "baseline": rate_b, "canary": canary.outcome_k / canary.outcome_n,
-            "wilson_low": low, "wilson_high": high, "max_drop": max_drop,
-            "n": canary.outcome_n}
-
-
-def judge(rollout: Rollout, base: Arm, canary: Arm, alpha: float) -> list[dict[str, Any]]:
-    """Every configured check at ``alpha``; each result says whether it failed."""
-    c = rollout.checks
-    results = []
-    if c.error_rate_max_increase is not None:
-        results.append(check_error_rate(base, canary, c.error_rate_max_increase, alpha))
-    if c.latency_p99_max_ratio is not None:
-        results.append(check_latency(base, canary, c.latency_p99_max_ratio, alpha))
-    if c.shadow_agreement_min is not None:
-        results.append(check_agreement(canary, c.shadow_agreement_min, alpha))
-    if c.outcome_name is not None and c.outcome_max_drop is not None:
-        results.append(check_outcome(base, canary, c.outcome_name, c.outcome_max_drop, alpha))
-    return results
 
 
 # -- the controller ----------------------------------------------------------------------------

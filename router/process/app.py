@@ -16,15 +16,17 @@ from typing import cast
 
 from ..config import Live, Snapshot, load_snapshot
 from ..control.admin import Administered, AdminServer
+from ..control.evidence import LocalEvidence
 from ..control.history import History
 from ..control.reload import Reloader, Watcher
-from ..control.rollout import Controller, LocalEvidence
+from ..control.rollout import Controller
 from ..dataplane.client import Client
 from ..dataplane.proxy import Proxy
 from ..dataplane.server import HttpServer
 from ..metrics import Metrics
 from ..observers.drift import DriftMonitor
-from ..observers.predlog import PredictionLog, load_log_key
+from ..observers.encode import load_log_key
+from ..observers.predlog import PredictionLog
 from ..observers.shadow import Shadows
 from .lifecycle import Lifecycle
 

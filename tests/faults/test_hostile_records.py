@@ -30,7 +30,8 @@ from router.config import PredictionLogSettings, load_snapshot
 from router.config.registry import Field, Schema
 from router.dataplane.routing import decide, sticky_bucket
 from router.errors import BadOverride
-from router.observers.predlog import PredictionLog, valid_text
+from router.observers.encode import valid_text
+from router.observers.predlog import PredictionLog
 from router.observers.shadow import compare, prediction_rows
 from router.records import Entry
 from router.validation import Validator
