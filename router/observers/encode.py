@@ -122,8 +122,8 @@ def _embeddable(data: bytes) -> bool:
     """
     if b"\n" in data or b"\r" in data:
         return False
-    if data.count(b"[") + data.count(b"{") < _DEEP:
-        return True  # (brackets in strings count too: this only decides whether to look)
+    if len(data) < 2 * _DEEP or data.count(b"[") + data.count(b"{") < _DEEP:
+        return True  # too short, or too few brackets (in strings too), to nest that deep
     try:
         orjson.loads(b"[[" + data + b"]]")
     except orjson.JSONDecodeError:
