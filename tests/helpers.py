@@ -301,3 +301,36 @@ async def wait_ready(served: Served, client: aiohttp.ClientSession,
             pass
         await asyncio.sleep(0.05)
     raise AssertionError("router never became ready")
+
+
+class FakeTransport(asyncio.Transport):
+    """Collects what the connection writes; records pauses and the close."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = self.aborted = self.reading_paused = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+
+    def get_write_buffer_size(self) -> int:
+        return 0

@@ -8,44 +8,11 @@ import asyncio
 import re
 
 import pytest
+from helpers import FakeTransport, wait_for
 
-from helpers import wait_for
 from router.config import Limits
 from router.dataplane.http import Request, Response
 from router.dataplane.server import MAX_PIPELINE, Connection, HttpServer
-
-
-class FakeTransport(asyncio.Transport):
-    """Collects what the connection writes; records pauses and the close."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = self.aborted = self.reading_paused = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = self.aborted = True
-
-    def pause_reading(self) -> None:
-        self.reading_paused = True
-
-    def resume_reading(self) -> None:
-        self.reading_paused = False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 def statuses(data: bytes) -> list[int]:

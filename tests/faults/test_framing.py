@@ -13,7 +13,17 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from helpers import raw, read_request, request, route, rst, url, wait_for, write_config
+from helpers import (
+    FakeTransport,
+    raw,
+    read_request,
+    request,
+    route,
+    rst,
+    url,
+    wait_for,
+    write_config,
+)
 
 from router.analysis.audit import iter_records
 from router.bodies import json_field
@@ -468,38 +478,6 @@ async def test_a_shadow_answer_over_max_body_is_dropped_not_buffered(tmp_path: P
 
 
 # -- found by the red-team pass over the hardening ---------------------------------------------
-
-
-class FakeTransport(asyncio.Transport):
-    """What the server's Connection writes, in memory: the in-process tier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = self.reading_paused = False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def pause_reading(self) -> None:
-        self.reading_paused = True
-
-    def resume_reading(self) -> None:
-        self.reading_paused = False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 async def test_an_endless_request_header_line_is_431() -> None:
