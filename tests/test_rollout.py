@@ -138,7 +138,10 @@ async def test_healthy_canary_walks_every_step(tmp_path: Path, upstreams, start_
         if app.rollouts.states["fraud"].status == "promoted":
             break
     assert app.rollouts.states["fraud"].status == "promoted"
-    assert weights[:3] == [10, 50, 100]
+    # every step in order; a step may hold a round when noise keeps a check from passing at
+    # alpha 0.05 (both arms are one server: holding is the contract, failing would not be)
+    steps = [w for i, w in enumerate(weights) if i == 0 or w != weights[i - 1]]
+    assert steps[:3] == [10, 50, 100]
     assert await send(client, app, 30) == {"v2": 30}
     events = [e["event"] for e in history(tmp_path) if e["source"] == "rollout"]
     assert events == ["rollout_step", "rollout_step", "rollout_step", "promoted"]
