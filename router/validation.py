@@ -13,7 +13,7 @@ rows, or columns): this module only checks the values those readers find.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bodies import (
     MAX_NESTING,
@@ -24,7 +24,8 @@ from .bodies import (
     v2_matrix,
     v2_tensors,
 )
-from .config.registry import Field, Schema
+if TYPE_CHECKING:  # annotations only: config compiles validators, so it imports this module
+    from .config.registry import Field, Schema
 
 Violation = dict[str, Any]
 Check = Callable[[Any], "tuple[str, Any] | None"]

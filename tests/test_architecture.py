@@ -71,8 +71,12 @@ def graph() -> dict[str, set[str]]:
         for target in runtime_imports(text, name, path.name == "__init__.py"):
             while target not in modules and "." in target:
                 target = target.rsplit(".", 1)[0]
-            if target in modules and target != name:
-                targets.add(target)
+            # importing a.b.c runs the packages a.b and a first: their __init__ are edges too
+            parts = target.split(".")
+            for depth in range(2, len(parts) + 1):
+                step = ".".join(parts[:depth])
+                if step in modules and step != name and not name.startswith(step + "."):
+                    targets.add(step)
         edges[name] = targets
     return edges
 

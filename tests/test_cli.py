@@ -98,3 +98,24 @@ def test_a_rollout_reads_as_one_line() -> None:
     assert describe_rollout(row) == (
         "fraud: v1 -> v2 running at 5% (step 2/3); canary 120 requests, 1 errors; "
         "baseline 2300 requests, 4 errors")
+
+
+def test_output_piped_into_a_reader_that_leaves_is_not_an_error(tmp_path) -> None:
+    """`model-router history | head -1`: the closed pipe ends the command quietly, exit 0."""
+    import subprocess
+    import sys
+
+    state = tmp_path / "state"
+    state.mkdir()
+    lines = b"".join(b'{"ts": "2026-11-28T00:00:%02d.000Z", "event": "rejected", "revision": null, '
+                     b'"source": "file", "errors": ["x"]}\n' % (i % 60) for i in range(20000))
+    (state / "history.jsonl").write_bytes(lines)
+    config = tmp_path / "router.yaml"
+    config.write_text("state_dir: state\nroutes: []\n")
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "history", "-c", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    _, err = proc.communicate(timeout=30)
+    assert b"Traceback" not in err and proc.returncode == 0, err[-500:]
