@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import httptools
 
 from ..errors import BadResponse, ConnectionReset, ResponseTimeout
+from .http import HEAD_FRAMING, MAX_HEADER_BYTES, MAX_HEADER_LINES
 from .timers import Deadline
 
 if TYPE_CHECKING:
     from .client import Pool
 
-MAX_HEADER_BYTES = 16 * 1024   # an answer's header block, and its number of lines: more is
-MAX_HEADER_LINES = 100         # not a model server's answer (502 protocol)
-MAX_HEAD_BYTES = MAX_HEADER_BYTES + 4 * MAX_HEADER_LINES + 1024  # as received, framing too
+# an answer's header block over the shared limits is not a model server's (502 protocol)
+MAX_HEAD_BYTES = MAX_HEADER_BYTES + HEAD_FRAMING  # as received, framing too
 MAX_INTERIM = 10         # 1xx answers before the real one
 READ_HIGH = 256 * 1024   # streamed body bytes held before reading the upstream pauses
 

@@ -11,6 +11,13 @@ import orjson
 
 from ..errors import BodyTooLarge, RouterError
 
+# A header block, either way (a client's request, an upstream's answer): at most this many
+# bytes of names and values, this many lines; HEAD_FRAMING is the most the framing around
+# them adds (line ends, colons, a status or request line), for counting raw bytes as they come.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_HEADER_LINES = 100
+HEAD_FRAMING = 4 * MAX_HEADER_LINES + 1024
+
 
 class Headers:
     """Request headers: the raw pairs in order, and a case-insensitive lookup."""

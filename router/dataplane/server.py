@@ -44,16 +44,23 @@ from typing import Any
 
 import httptools
 
-from .http import Headers, Refusal, Request, Response, json_response
+from .http import (
+    HEAD_FRAMING,
+    MAX_HEADER_BYTES,
+    MAX_HEADER_LINES,
+    Headers,
+    Refusal,
+    Request,
+    Response,
+    json_response,
+)
 
 log = logging.getLogger("model_router.server")
 
-MAX_HEADER_BYTES = 16 * 1024
-MAX_HEADER_LINES = 100
 MAX_URL_BYTES = 16 * 1024
 # All bytes of a request line and header block, framing included: counted as they arrive,
 # because llhttp hands a line over only when it ends (an endless line must not grow).
-MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + 4 * MAX_HEADER_LINES + 1024
+MAX_HEAD_BYTES = MAX_URL_BYTES + MAX_HEADER_BYTES + HEAD_FRAMING
 MAX_PIPELINE = 16          # parsed requests waiting per connection before reading pauses
 MAX_PIPELINE_BYTES = 1 << 20   # ... or this many body bytes waiting
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
