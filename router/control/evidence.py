@@ -21,6 +21,9 @@ class Arm:
     requests: int = 0
     errors: int = 0
     latencies: list[float] = field(default_factory=list)
+    # Or, where only a histogram exists (a metrics source): cumulative (upper bound, count)
+    # pairs in ascending order, +Inf last, as Prometheus keeps request_duration_seconds.
+    buckets: tuple[tuple[float, float], ...] = ()
     shadow_compared: int = 0
     shadow_agreed: float = 0.0
     outcome_n: int = 0
@@ -39,7 +42,8 @@ class Arm:
     def summary(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors,
                 "error_rate": self.errors / self.requests if self.requests else None,
-                "latency_samples": len(self.latencies), "shadow_compared": self.shadow_compared,
+                "latency_samples": len(self.latencies) or int(self.buckets[-1][1] if self.buckets else 0),
+                "shadow_compared": self.shadow_compared,
                 "outcome_n": self.outcome_n, "outcome_k": self.outcome_k}
 
 
