@@ -10,11 +10,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: demo test test-fast check promtool
+.PHONY: demo test test-fast check engines promtool
 demo: $(STAMP)
 	$(VENV)/bin/model-router demo
 
-test: $(STAMP) promtool
+test: $(STAMP) engines
 	$(VENV)/bin/python -m mypy
 	$(VENV)/bin/python -m pytest -q
 
@@ -23,13 +23,24 @@ test: $(STAMP) promtool
 test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
-# promtool runs the alert-rule unit tests; installed from Debian's prometheus package when
-# missing and apt-get can (otherwise those tests are skipped with the reason).
-promtool:
-	@command -v promtool >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
-	  [ "$$(id -u)" = 0 ] && (apt-get update -qq && \
-	  apt-get install -y -qq --no-install-recommends prometheus >/dev/null) || \
-	  echo "promtool unavailable: alert rule tests will be skipped"; }
+# The engines some tests run as child processes on 127.0.0.1: promtool (alert-rule unit tests),
+# prometheus and redis-server (tests/fleet). Debian packages prometheus and redis-server are
+# installed when a command is missing and apt-get is usable as root; otherwise the tests that
+# need them are skipped with the reason. (The packages may try to start their system services;
+# the tests never use those, they start their own on free ports.)
+ENGINE_COMMANDS := promtool:prometheus prometheus:prometheus redis-server:redis-server
+engines:
+	@missing=; for pair in $(ENGINE_COMMANDS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || case " $$missing " in \
+	    *" $${pair#*:} "*) ;; *) missing="$$missing $${pair#*:}" ;; esac; done; \
+	[ -z "$$missing" ] || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
+	  echo "engines unavailable (Debian packages:$$missing): install them with apt-get as root;" \
+	    "the tests that need them (alert rules, tests/fleet) will be skipped"
+
+# The old name of the target above.
+promtool: engines
 
 check: $(STAMP)
 	$(VENV)/bin/model-router check -c config/router.yaml

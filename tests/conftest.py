@@ -30,12 +30,18 @@ from router.process.app import RouterApp
 # The fixtures that open sockets: a test using any of them (directly or through another
 # fixture) is in the loopback tier, marked so the pure and in-process tiers run alone.
 LOOPBACK_FIXTURES = {"upstreams", "client", "start_router", "tcp"}
+# The fixtures that start real engines as child processes (tests/fleet/conftest.py): seconds
+# per test, so such a test is in the slow tier (and, on loopback ports, the loopback tier).
+SLOW_FIXTURES = {"redis_server", "prometheus_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if LOOPBACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+        used = set(getattr(item, "fixturenames", ()))
+        if (LOOPBACK_FIXTURES | SLOW_FIXTURES) & used:
             item.add_marker(pytest.mark.loopback)
+        if SLOW_FIXTURES & used:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
