@@ -7,6 +7,8 @@ is a dict lookup plus the increment.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -24,6 +26,8 @@ from .config import Snapshot
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 UNMATCHED = "_unmatched"
+OUTCOME_NAMES = 32
+_OUTCOME_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 # The *_created series double the exposition for no use in dashboards or alerts.
 disable_created_metrics()
@@ -85,6 +89,21 @@ class Metrics:
         self.predlog_pending = Gauge("model_router_predlog_pending",
                                      "Records buffered or reserved, not yet written.",
                                      registry=r, multiprocess_mode="livesum")
+        self.outcomes_total = Counter("model_router_outcomes_total",
+                                      "Business outcomes posted to /-/feedback, by the "
+                                      "version that served the request.",
+                                      ["route", "version", "name", "value"], registry=r)
+        self.fleet_leader = Gauge("model_router_fleet_leader",
+                                  "1 while this replica holds the fleet's lease.", registry=r,
+                                  multiprocess_mode="livemax")
+        self.fleet_info = Gauge("model_router_fleet_info",
+                                "1, labelled with the fleet and this replica's id.",
+                                ["fleet", "replica"], registry=r, multiprocess_mode="livemax")
+        self.fleet_store_errors = Counter("model_router_fleet_store_errors_total",
+                                          "Fleet store (Redis) calls that failed.", registry=r)
+        self.evidence_errors = Counter("model_router_evidence_errors_total",
+                                       "Rollout evidence queries that failed.", registry=r)
+        self._outcome_names: dict[str, set[str]] = {}
         self._request_children: dict[tuple[str, str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str, str], Any] = {}
         self._counter_children: dict[tuple[Counter, tuple[str, ...]], Any] = {}
@@ -123,6 +142,23 @@ class Metrics:
         """Count each (field, kind) once per request; fields come from the schema."""
         for field, kind in {(v["field"] or "_request", v["kind"]) for v in violations}:
             self.count(self.schema_violations_total, route, field, kind)
+
+    def outcomes(self, route: str, version: str, outcome: Mapping[str, Any]) -> None:
+        """Count a feedback's boolean outcomes for the version that served it.
+
+        Names come from clients, so only ``OUTCOME_NAMES`` distinct ones per route become
+        label values (well-formed, at most 64 characters); further names count as ``_other``.
+        """
+        names = self._outcome_names.setdefault(route, set())
+        for name, value in outcome.items():
+            if not isinstance(value, bool):
+                continue
+            if name not in names:
+                if len(names) >= OUTCOME_NAMES or not _OUTCOME_NAME.fullmatch(name):
+                    name = "_other"
+                else:
+                    names.add(name)
+            self.count(self.outcomes_total, route, version, name, "true" if value else "false")
 
     def observer_error(self, observer: str) -> None:
         self.count(self.observer_errors, observer)

@@ -250,3 +250,26 @@ class RecordSink(Protocol):
     def release(self) -> None: ...
 
     def add(self, entry: Record, reserved: bool) -> bool: ...
+
+
+# -- feedback attribution ------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Which route, version and config revision answered a request: what the outcomes posted
+    to ``/-/feedback`` for it are attributed to."""
+
+    route: str
+    version: str
+    revision: str
+
+
+# Called once per accepted feedback: (request id, outcome, who served it or None).
+FeedbackObserver = Callable[[str, Mapping[str, Any], "Served | None"], None]
+
+
+class Attributor(Protocol):
+    """Finds who served a request id (``observers.attribution.Attribution``): this process's
+    recent answers, and in a fleet every replica's."""
+
+    async def find(self, request_id: str) -> Served | None: ...

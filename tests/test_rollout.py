@@ -66,7 +66,7 @@ async def run_until_decided(client, app, clock: Clock, rounds: int, requests: in
     for _ in range(rounds):
         await send(client, app, requests)
         clock.now += step_s
-        app.rollouts.tick()
+        await app.rollouts.tick()
         if app.rollouts.states["fraud"].status != "running":
             return
 
@@ -134,7 +134,7 @@ async def test_healthy_canary_walks_every_step(tmp_path: Path, upstreams, start_
         if weights[-1] < 100:
             assert seen.get("v2", 0) > 0
         clock.now += 61
-        app.rollouts.tick()
+        await app.rollouts.tick()
         if app.rollouts.states["fraud"].status == "promoted":
             break
     assert app.rollouts.states["fraud"].status == "promoted"
@@ -173,7 +173,7 @@ async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_
     app = await start_router(path, rollout_clock=clock, run_rollouts=False)
     await send(client, app, 400)
     clock.now += 61
-    app.rollouts.tick()
+    await app.rollouts.tick()
     assert app.rollouts.states["fraud"].weight == 50
     await app.stop()
 
@@ -183,7 +183,7 @@ async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_
         assert resp.status == 200 and (await resp.json())["status"] == "paused"
     await send(client, again, 300)
     clock.now += 120
-    again.rollouts.tick()
+    await again.rollouts.tick()
     assert again.rollouts.states["fraud"].weight == 50  # pause holds the weights
     async with client.get(admin_url(again, "/-/rollouts")) as resp:
         status = (await resp.json())[0]
@@ -242,11 +242,11 @@ async def test_history_at_shows_the_rollout_weights_in_force(tmp_path: Path, ups
     started = clock.now
     await send(client, app, 400)
     clock.now += 61
-    app.rollouts.tick()
+    await app.rollouts.tick()
     assert app.rollouts.states["fraud"].weight == 50
     stepped = clock.now
     clock.now += 60
-    app.rollouts.act("fraud", "abort")
+    await app.rollouts.act("fraud", "abort")
     aborted = clock.now
 
     def at(ts: float, *flags: str) -> str:

@@ -11,6 +11,7 @@ from .snapshot import (
     BlueGreen,
     Checks,
     Drift,
+    Fleet,
     Limits,
     Listen,
     Live,
@@ -26,7 +27,7 @@ from .snapshot import (
     bucket_bounds,
 )
 
-__all__ = ["BUCKETS", "Admin", "BlueGreen", "Checks", "Drift", "Limits", "Listen", "Live",
+__all__ = ["BUCKETS", "Admin", "BlueGreen", "Checks", "Drift", "Fleet", "Limits", "Listen", "Live",
            "Outlier", "Override", "PredictionLogSettings", "Rollout", "Route", "Shadow",
            "Snapshot", "Sticky", "Version", "bucket_bounds", "load_snapshot", "loopback",
            "revision_of"]

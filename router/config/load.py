@@ -30,6 +30,7 @@ from .snapshot import (
     LOG_DIR,
     STATE_DIR,
     Admin,
+    Fleet,
     Limits,
     Listen,
     PayloadPolicy,
@@ -152,6 +153,12 @@ def load_snapshot(path: str | Path, *, source: str = "file",
         if "state_dir" in top else base / STATE_DIR
     predlog = _prediction_log(rp, top.get("prediction_log", {}), base)
     routes = compile_routes(rp, top.get("routes"), registry, base)
+    fleet = _fleet(rp, top["fleet"]) if "fleet" in top else None
+    if fleet is not None and fleet.prometheus is None:
+        for route in routes:
+            if route.rollout is not None:
+                rp.error("fleet.prometheus", f"route {route.name} has a rollout: a fleet judges "
+                         "it on Prometheus's sums over every replica; set fleet.prometheus")
     if listen.port == admin.port and listen.port and listen.host == admin.host:
         rp.error("admin.port", f"the admin port {admin.port} is the listen port")
 
@@ -162,13 +169,14 @@ def load_snapshot(path: str | Path, *, source: str = "file",
                     path=path, files=files, listen=listen, limits=limits, admin=admin,
                     state_dir=state_dir, prediction_log=predlog,
                     routes=tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True)),
-                    registry=registry, warnings=tuple(rp.warnings + registry_warnings),
+                    registry=registry, fleet=fleet, warnings=tuple(rp.warnings + registry_warnings),
                     baselines=baselines)
 
 
 # -- sections ----------------------------------------------------------------------------------
 
-_TOP_KEYS = ("listen", "limits", "admin", "registry", "state_dir", "prediction_log", "routes")
+_TOP_KEYS = ("listen", "limits", "admin", "registry", "state_dir", "prediction_log", "fleet",
+             "routes")
 
 
 def _port(p: Problems, path: str, value: Any) -> int | None:
@@ -224,6 +232,38 @@ def _admin(p: Problems, raw: Any, env: Mapping[str, str]) -> Admin:
                 "token: set admin.token_env, or bind 127.0.0.1")
     given: dict[str, Any] = {"host": host or None, "port": port, "token_env": token_env}
     return Admin(**{k: v for k, v in given.items() if v is not None})
+
+
+_FLEET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def _fleet(p: Problems, raw: Any) -> Fleet | None:
+    """The ``fleet:`` block: a name (part of every Redis key), a redis:// store, optionally
+    a Prometheus base URL for rollout evidence, the lease and the feedback TTL."""
+    keys = ("name", "store", "prometheus", "lease_s", "feedback_ttl_s")
+    spec = p.mapping("fleet", raw, keys, required=("name", "store"))
+    if not spec or "name" not in spec or "store" not in spec:
+        return None
+    name = p.string("fleet.name", spec["name"])
+    if name and not _FLEET_NAME.fullmatch(name):
+        p.error("fleet.name", f"{name!r}: use letters, digits, '.', '_' or '-' (1-63)")
+    store = p.string("fleet.store", spec["store"])
+    if store and not store.startswith(("redis://", "rediss://", "unix://")):
+        p.error("fleet.store", f"{store!r} is not a redis:// (or rediss://, unix://) URL")
+    given: dict[str, Any] = {}
+    if "prometheus" in spec:
+        url = p.string("fleet.prometheus", spec["prometheus"])
+        if url and not url.startswith(("http://", "https://")):
+            p.error("fleet.prometheus", f"{url!r} is not an http(s):// URL")
+        given["prometheus"] = url.rstrip("/") if url else url
+    for key in ("lease_s", "feedback_ttl_s"):
+        if key in spec:
+            given[key] = p.number(join("fleet", key), spec[key], positive=True)
+    if "lease_s" in given and given["lease_s"] is not None and given["lease_s"] < 1:
+        p.error("fleet.lease_s", f"{given['lease_s']} is below 1 s (renewed every lease_s/3)")
+    if not name or not store or None in given.values():
+        return None
+    return Fleet(name=name, store=store, **given)
 
 
 def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:

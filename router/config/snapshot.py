@@ -127,8 +127,16 @@ class Rollout:
     key: str                              # hash of the block: editing it restarts the rollout
     step_min_s: float = 60.0
     step_min_requests: int = 500
+    max_wait_s: float | None = None       # without enough evidence by then: pause, no_evidence
     checks: Checks = Checks()
     on_failure: Literal["rollback", "pause"] = "rollback"
+
+    @property
+    def wait_limit_s(self) -> float:
+        """``max_wait_s``, by default 10 x ``step_min_s`` (at least a minute)."""
+        if self.max_wait_s is not None:
+            return self.max_wait_s
+        return max(10 * self.step_min_s, 60.0)
 
     def split(self, canary_percent: float) -> tuple[tuple[tuple[str, float], ...],
                                                     tuple[int, ...]]:
@@ -211,6 +219,17 @@ class Admin:
     token_env: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fleet:
+    """The ``fleet:`` block: replicas with the same name and store form one router."""
+
+    name: str
+    store: str                            # redis://host:port/db
+    prometheus: str | None = None         # http://host:port; without it no fleet evidence
+    lease_s: float = 10.0
+    feedback_ttl_s: float = 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class PredictionLogSettings:
     dir: Path                 # LOG_DIR beside router.yaml unless given
@@ -242,6 +261,7 @@ class Snapshot:
     prediction_log: PredictionLogSettings
     routes: tuple[Route, ...]             # longest prefix first
     registry: Registry
+    fleet: Fleet | None = None
     warnings: tuple[str, ...] = field(default=())
     # Drift baselines named by the registry, read and checked with the config (off the loop)
     baselines: Mapping[Path, Mapping[str, Any]] = field(default_factory=dict)

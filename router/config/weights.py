@@ -105,8 +105,8 @@ def _blue_green(p: Problems, path: str, raw: Any, versions: Mapping[str, Any],
     return BlueGreen(blue=blue, green=green, active=active)  # type: ignore[arg-type]
 
 
-_ROLLOUT_KEYS = ("baseline", "canary", "steps", "step_min_s", "step_min_requests", "checks",
-                 "on_failure")
+_ROLLOUT_KEYS = ("baseline", "canary", "steps", "step_min_s", "step_min_requests", "max_wait_s",
+                 "checks", "on_failure")
 
 
 def _rollout(p: Problems, path: str, raw: Any, versions: Mapping[str, Any]) -> Rollout | None:
@@ -133,6 +133,9 @@ def _rollout(p: Problems, path: str, raw: Any, versions: Mapping[str, Any]) -> R
     if "step_min_requests" in spec:
         given["step_min_requests"] = p.number(join(path, "step_min_requests"),
                                               spec["step_min_requests"], low=0, integer=True)
+    if "max_wait_s" in spec:
+        given["max_wait_s"] = p.number(join(path, "max_wait_s"), spec["max_wait_s"],
+                                       positive=True)
     if "on_failure" in spec:
         given["on_failure"] = p.string(join(path, "on_failure"), spec["on_failure"],
                                        ("rollback", "pause"))

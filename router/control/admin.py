@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import ConfigError
+from .rollout import Conflict
 
 if TYPE_CHECKING:
     from ..config import Live
@@ -132,8 +133,13 @@ def build_admin(app: Administered) -> web.Application:
 
     async def config(_: web.Request) -> web.Response:
         snapshot = app.live.snapshot
+        controller = getattr(app, "rollouts", None)
+        applied = {} if controller is None else {
+            name: {"generation": s.generation, "step": s.step, "weight": s.weight,
+                   "status": s.status} for name, s in controller.states.items()}
         return _json({**snapshot.describe(), "last_error": app.reloader.last_error,
-                      "pending_restart": app.reloader.pending_restart()})
+                      "pending_restart": app.reloader.pending_restart(),
+                      "rollouts": applied})
 
     async def reload(_: web.Request) -> web.Response:
         try:
@@ -160,12 +166,19 @@ def build_admin(app: Administered) -> web.Application:
         if controller is None:
             return _json({"error": "no rollout controller here", "code": "no_rollout"}, 404)
         try:
-            state = controller.act(name, action)
+            state = await controller.act(name, action)
         except KeyError:
             return _json({"error": f"route {name} has no rollout", "code": "no_rollout"}, 404)
-        except ValueError as exc:
-            return _json({"error": str(exc), "code": "bad_request"}, 409)
+        except Conflict as exc:
+            code = "conflict" if exc.status == 409 else "store_unavailable"
+            return _json({"error": str(exc), "code": code}, exc.status)
         return _json(state.public())
+
+    async def fleet(_: web.Request) -> web.Response:
+        member = getattr(app, "fleet", None)
+        if member is None:
+            return _json({"error": "this router has no fleet: block", "code": "no_fleet"}, 404)
+        return _json(await member.status())
 
     admin.router.add_get("/-/rollouts", rollouts)
     admin.router.add_post("/-/rollouts/{route}/{action:pause|resume|promote|abort}",
@@ -176,4 +189,5 @@ def build_admin(app: Administered) -> web.Application:
     admin.router.add_get("/-/config", config)
     admin.router.add_post("/-/reload", reload)
     admin.router.add_get("/-/history", history)
+    admin.router.add_get("/-/fleet", fleet)
     return admin

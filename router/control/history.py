@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,8 @@ class History:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self.path = state_dir / "history.jsonl"
+        # Also handed every event (a fleet's history stream); each must not block or raise.
+        self.mirrors: list[Callable[[dict[str, Any]], None]] = []
 
     def __repr__(self) -> str:
         return f"<History {self.path}>"
@@ -146,6 +148,8 @@ class History:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+        for mirror in self.mirrors:
+            mirror(event)
 
     def applied(self, snapshot: Snapshot, ts: float) -> None:
         self.save_revision(snapshot)

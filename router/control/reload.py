@@ -28,7 +28,7 @@ POLL_S = 0.2
 # Settings a running process keeps from its start: the sockets, the prediction log (its files,
 # payload policy and size caps: one log, one set of settings) and the state directory. A
 # reload still applies the rest of the file; these wait for a restart and say so.
-RESTART_ONLY = ("listen", "admin", "prediction_log", "state_dir")
+RESTART_ONLY = ("listen", "admin", "prediction_log", "state_dir", "fleet")
 
 
 def _plain(value: Any) -> Any:
@@ -37,6 +37,20 @@ def _plain(value: Any) -> Any:
     if isinstance(value, frozenset):
         return sorted(value)
     return value
+
+
+def with_ports(port: int | None = None, admin_port: int | None = None,
+               ) -> Callable[[Snapshot], Snapshot]:
+    """``serve --port/--admin-port``: replace the file's ports, keeping its revision (the
+    files are unchanged), so replicas on one host can share one config."""
+    def override(snapshot: Snapshot) -> Snapshot:
+        changes: dict[str, Any] = {}
+        if port is not None:
+            changes["listen"] = dataclasses.replace(snapshot.listen, port=port)
+        if admin_port is not None:
+            changes["admin"] = dataclasses.replace(snapshot.admin, port=admin_port)
+        return dataclasses.replace(snapshot, **changes) if changes else snapshot
+    return override
 
 
 def restart_only(snapshot: Snapshot) -> dict[str, Any]:
@@ -83,8 +97,11 @@ class Reloader:
     """Owns the swap. ``reload`` returns the applied snapshot or raises ``ConfigError``."""
 
     def __init__(self, path: Path, live: Live, metrics: Metrics, history: History,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 overrides: Callable[[Snapshot], Snapshot] = lambda s: s) -> None:
         self.path = path
+        # The command line's port flags, applied to every loaded file (not its revision).
+        self.overrides = overrides
         self.live = live
         self.metrics = metrics
         self.history = history
@@ -141,7 +158,8 @@ class Reloader:
     async def reload(self, source: str) -> Snapshot:
         async with self._lock:
             try:
-                snapshot = await asyncio.to_thread(load_snapshot, self.path, source=source)
+                snapshot = self.overrides(await asyncio.to_thread(load_snapshot, self.path,
+                                                                  source=source))
             except ConfigError as exc:
                 now = self._wall()
                 self.last_error = {"ts": now, "source": source, "errors": exc.errors}

@@ -1,22 +1,21 @@
-"""Progressive rollout: step the canary's weight, judge it on live evidence, promote or fail.
+"""Progressive rollout: step the canary's weight, judge it on evidence, promote or fail.
 
 Pieces:
-- ``Evidence`` (the seam): per route and arm (baseline, canary) since the step began:
-  requests, errors (status >= 500), latency samples, shadow comparisons of the canary, and
-  outcomes joined by request id. ``LocalEvidence`` collects it from this process's traffic
-  (each replica judges its own); another source (Prometheus, say) can implement the same
-  ``arms`` call without touching the statistics.
+- ``Evidence`` (the seam, ``evidence``): per route and arm (baseline, canary) of the current
+  step: this process's traffic, the supervisor's workers, or Prometheus over a fleet.
 - ``judge`` (pure, SciPy; README.md "Progressive rollout"): a check *fails* when data show harm
-  at the given alpha: one-sided two-proportion test of canary error rate > baseline +
-  max_increase; bootstrap CI of the p99 latency ratio (p90 below 2,000 samples per arm)
-  above max_ratio; Wilson upper bound of shadow agreement below min; Wilson upper bound of
-  the canary's outcome rate below the baseline's rate - max_drop.
+  at the given alpha; a check without enough data is *insufficient*, never a pass.
+- ``States`` (the other seam): where the states persist. ``FileStates``:
+  ``<state_dir>/rollouts.json``, this process alone. ``fleet.FleetStates``: the fleet store,
+  every write a compare-and-set on the state's generation, the controller's also requiring the
+  lease, so only the fleet's leader acts and a deposed one cannot.
 - ``Controller``: at most once a second, never before step_min_s and step_min_requests:
-  promote to the next step when no check fails at alpha 0.05; at any time after 50 canary
-  requests, fail (rollback or pause) when a check fails at alpha 0.001. State persists in
-  ``<state_dir>/rollouts.json`` keyed by the rollout block's hash; every transition goes to
-  the deployment history with its evidence. The controller owns the route's weights: it
-  rewrites the snapshot's split (baseline first, canary last) and swaps it whole.
+  promote to the next step when no check fails at alpha 0.05 and none lacks data; at any time
+  after 50 canary requests, fail (rollback or pause) when a check fails at alpha 0.001;
+  without enough evidence after ``max_wait_s``, pause with reason ``no_evidence``. Every
+  transition goes to the deployment history with its evidence. The controller owns the
+  route's weights: it rewrites the snapshot's split (baseline first, canary last) and swaps
+  it whole; replicas that do not lead ``adopt`` the states the leader wrote.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,64 +44,140 @@ ALPHA_PROMOTE = 0.05
 ALPHA_HARM = 0.001
 EARLY_MIN_CANARY = 50
 
-
-# -- the controller ----------------------------------------------------------------------------
+# -- the state and where it persists ------------------------------------------------------------
 
 RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED = ("running", "paused", "promoted",
                                                    "rolled_back", "aborted")
+# The outcome of a write (``store`` uses the same words).
+WRITTEN, STALE, NOT_LEADER, UNREACHABLE = "written", "stale", "not_leader", "unreachable"
 
 
 @dataclass
 class RolloutState:
     route: str
-    key: str
+    key: str                    # the rollout block's hash: another block is another rollout
     step: int
     weight: float
     status: str
     step_started: float
     updated: float
+    generation: int = 0         # 0: not stored yet; every stored write adds one
+    window_start: float | None = None  # evidence counts from here (None: not every replica
+    #                                    serves the step yet)
+    reason: str | None = None   # why it paused, rolled back or was aborted
 
     def public(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> RolloutState:
+        """From ``public()`` output, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
 
-class Controller:
-    """Owns the weights of every route with a ``rollout`` block."""
 
-    def __init__(self, state_dir: Path, history: History, evidence: Evidence,
-                 metrics: Any, *, clock: Callable[[], float] = time.time) -> None:
+class States(Protocol):
+    """Where rollout states persist. ``shared``: False for this process alone (states are
+    stored as soon as they exist), True for a fleet (only the leader stores them)."""
+
+    shared: bool
+
+    def load(self) -> dict[str, RolloutState]: ...
+
+    def save_all(self, states: Mapping[str, RolloutState]) -> None: ...
+
+    async def write(self, state: RolloutState, expected: int, manual: bool) -> str:
+        """Store ``state`` if the stored generation is still ``expected``: WRITTEN, STALE,
+        NOT_LEADER (a controller write by a replica without the lease) or UNREACHABLE."""
+
+
+class FileStates:
+    """``<state_dir>/rollouts.json``, replaced atomically: one process's rollouts."""
+
+    shared = False
+
+    def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "rollouts.json"
-        self.history = history
-        self.evidence = evidence
-        self.metrics = metrics
-        self.clock = clock
-        self.states: dict[str, RolloutState] = self._load()
-        self.live: Live | None = None    # the snapshot in force, set by the app
-        self.refresh: Callable[[], None] | None = None  # the reloader's, set by the app
-        self._last_judged: dict[str, float] = {}
+        self._states: dict[str, RolloutState] = {}
 
     def __repr__(self) -> str:
-        return f"<Controller {[(s.route, s.weight, s.status) for s in self.states.values()]}>"
+        return f"<FileStates {self.path}>"
 
-    # -- persistence -----------------------------------------------------------------------
-
-    def _load(self) -> dict[str, RolloutState]:
+    def load(self) -> dict[str, RolloutState]:
         try:
             raw = orjson.loads(self.path.read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return {}
-        return {k: RolloutState(**v) for k, v in raw.items()}
+        self._states = {k: RolloutState.of(v) for k, v in raw.items()}
+        return dict(self._states)
 
-    def _save(self) -> None:
+    def save_all(self, states: Mapping[str, RolloutState]) -> None:
+        self._states = dict(states)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"rollouts.json.tmp{os.getpid()}")
-        tmp.write_bytes(orjson.dumps({k: s.public() for k, s in self.states.items()}))
+        tmp.write_bytes(orjson.dumps({k: s.public() for k, s in self._states.items()}))
         os.replace(tmp, self.path)
+
+    async def write(self, state: RolloutState, expected: int, manual: bool) -> str:
+        current = self._states.get(state.route)
+        if (current.generation if current else 0) != expected:
+            return STALE
+        self.save_all({**self._states, state.route: state})
+        return WRITTEN
+
+
+class Following:
+    """A worker's states: it never stores any, it adopts its supervisor's."""
+
+    shared = True
+
+    def __repr__(self) -> str:
+        return "<Following>"
+
+    def load(self) -> dict[str, RolloutState]:
+        return {}
+
+    def save_all(self, states: Mapping[str, RolloutState]) -> None:
+        pass
+
+    async def write(self, state: RolloutState, expected: int, manual: bool) -> str:
+        return NOT_LEADER
+
+
+class Conflict(Exception):
+    """A manual action that cannot apply now (HTTP 409), or the store is unreachable (503)."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the controller ----------------------------------------------------------------------------
+
+class Controller:
+    """Owns the weights of every route with a ``rollout`` block."""
+
+    def __init__(self, states: States, history: History, evidence: Evidence,
+                 metrics: Any, *, clock: Callable[[], float] = time.time) -> None:
+        self.store = states
+        self.history = history
+        self.evidence = evidence
+        self.metrics = metrics
+        self.clock = clock
+        self.states: dict[str, RolloutState] = states.load()
+        self.leading: Callable[[], bool] = lambda: True  # the fleet replaces it: the lease
+        self.live: Live | None = None    # the snapshot in force, set by the app
+        self.refresh: Callable[[], None] | None = None  # the reloader's, set by the app
+        self._last_judged: dict[str, float] = {}
+        self._arms: dict[str, tuple[Arm, Arm]] = {}  # the last evidence seen, for status
+
+    def __repr__(self) -> str:
+        return f"<Controller {[(s.route, s.weight, s.status) for s in self.states.values()]}>"
 
     # -- weights ---------------------------------------------------------------------------
 
     def transform(self, snapshot: Snapshot) -> Snapshot:
-        """Set every rollout route's split from its state (new block: start at step 0)."""
+        """Set every rollout route's split from its state (a new block starts at step 0)."""
         routes = []
         changed = False
         for route in snapshot.routes:
@@ -111,22 +186,55 @@ class Controller:
                 continue
             state = self.states.get(route.name)
             if state is None or state.key != route.rollout.key:
-                now = self.clock()
-                state = RolloutState(route=route.name, key=route.rollout.key, step=0,
-                                     weight=route.rollout.steps[0], status=RUNNING,
-                                     step_started=now, updated=now)
-                self.states[route.name] = state
-                self.evidence.reset(route.name)
-                self._save()
-                self._event("rollout_step", route, state, {"started": True})
+                # A new block: this process stores it now; in a fleet the leader's next
+                # tick does, and until then every replica serves step 0 (the same weights).
+                weight = self._begin(route).weight if not self.store.shared \
+                    else route.rollout.steps[0]
+            else:
+                weight = state.weight
             self.evidence.watch(route)
-            split, bounds = route.rollout.split(state.weight)
+            split, bounds = route.rollout.split(weight)
             routes.append(dataclasses.replace(route, split=split, bounds=bounds))
-            self.metrics.rollout_step.labels(route.name).set(state.weight)
+            self.metrics.rollout_step.labels(route.name).set(weight)
             changed = True
         if not changed:
             return snapshot
         return dataclasses.replace(snapshot, routes=tuple(routes))
+
+    def _fresh(self, route: Route) -> RolloutState:
+        """A new rollout at step 0, one generation past the state it replaces."""
+        assert route.rollout is not None
+        now = self.clock()
+        old = self.states.get(route.name)
+        return RolloutState(route=route.name, key=route.rollout.key, step=0,
+                            weight=route.rollout.steps[0], status=RUNNING, step_started=now,
+                            updated=now, generation=old.generation if old else 0,
+                            window_start=now if self.evidence.immediate else None)
+
+    def _begin(self, route: Route) -> RolloutState:
+        """Start a new rollout and store it now (this process alone: a file)."""
+        state = self._fresh(route)
+        state.generation += 1
+        self.states[route.name] = state
+        self.evidence.reset(route.name)
+        self.store.save_all(self.states)
+        self._event("rollout_step", route, state, {"started": True})
+        return state
+
+    def adopt(self, stored: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Take the states another process wrote (the fleet's leader, or a supervisor) where
+        their generation is newer than ours; True when one changed (the caller refreshes)."""
+        changed = False
+        for name, raw in stored.items():
+            theirs = RolloutState.of(raw)
+            ours = self.states.get(name)
+            if ours is not None and ours.generation >= theirs.generation:
+                continue
+            self.states[name] = theirs
+            if ours is None or ours.weight != theirs.weight or ours.status != theirs.status:
+                self.evidence.reset(name)
+            changed = True
+        return changed
 
     def _apply(self) -> None:
         """Swap in the live snapshot with the current weights (one reference)."""
@@ -146,142 +254,201 @@ class Controller:
                                  "weights": {route.rollout.baseline: 100 - state.weight,
                                              route.rollout.canary: state.weight},
                                  "step": state.step, "steps": len(route.rollout.steps),
-                                 "status": state.status}},
+                                 "status": state.status, "generation": state.generation,
+                                 **({"reason": state.reason} if state.reason else {})}},
                              "errors": [], "evidence": evidence})
-        log.info("rollout %s: %s (canary %s%%, %s)", route.name, event, state.weight,
-                 state.status)
+        log.info("rollout %s: %s (canary %s%%, %s%s)", route.name, event, state.weight,
+                 state.status, f", {state.reason}" if state.reason else "")
+
+    async def _write(self, route: Route, old: RolloutState, new: RolloutState, event: str | None,
+                     evidence: dict[str, Any], manual: bool = False) -> str:
+        """Store ``new`` in place of ``old`` (compare-and-set); on success make it live and
+        record ``event``."""
+        new.generation = old.generation + 1
+        new.updated = self.clock()
+        result = await self.store.write(new, old.generation, manual)
+        if result != WRITTEN:
+            log.warning("rollout %s: %s not written (%s)", route.name, event or "state", result)
+            return result
+        if self.states.get(route.name) is old:
+            self.states[route.name] = new
+        if new.step != old.step or new.status != old.status or new.weight != old.weight:
+            self.evidence.reset(route.name)
+            self._apply()
+        if event is not None:
+            self._event(event, route, new, evidence)
+        return result
 
     # -- judging -----------------------------------------------------------------------------
 
-    def _due(self) -> list[tuple[Route, RolloutState, Arm, Arm]]:
-        """Running rollouts not judged within the last second, with copies of their arms."""
-        due: list[tuple[Route, RolloutState, Arm, Arm]] = []
-        if self.live is None:
-            return due
-        now = self.clock()
-        for route in self.live.snapshot.routes:
-            state = self.states.get(route.name)
-            if route.rollout is None or state is None or state.status != RUNNING:
-                continue
-            if now - self._last_judged.get(route.name, float("-inf")) < 1.0:
-                continue
-            self._last_judged[route.name] = now
-            base, canary = self.evidence.arms(route.name)
-            due.append((route, state, dataclasses.replace(base, latencies=list(base.latencies)),
-                        dataclasses.replace(canary, latencies=list(canary.latencies))))
-        return due
-
     def _verdict(self, route: Route, state: RolloutState, base: Arm, canary: Arm,
                  now: float) -> tuple[str, dict[str, Any]] | None:
-        """("fail" | "advance", evidence) or None: pure statistics, safe in a thread."""
+        """("fail" | "advance", evidence) or None (hold): pure statistics, safe in a thread."""
         rollout = route.rollout
-        assert rollout is not None
+        assert rollout is not None and state.window_start is not None
         evidence = {"baseline": base.summary(), "canary": canary.summary(),
-                    "step_elapsed_s": now - state.step_started}
+                    "step_elapsed_s": now - state.window_start}
         if canary.requests >= EARLY_MIN_CANARY:
             harm = judge(rollout, base, canary, ALPHA_HARM)
             if any(r["failed"] for r in harm):
                 return "fail", {**evidence, "alpha": ALPHA_HARM, "checks": harm}
-        if now - state.step_started < rollout.step_min_s or \
+        if now - state.window_start < rollout.step_min_s or \
                 canary.requests < rollout.step_min_requests:
             return None
         results = judge(rollout, base, canary, ALPHA_PROMOTE)
-        kind = "fail" if any(r["failed"] for r in results) else "advance"
-        return kind, {**evidence, "alpha": ALPHA_PROMOTE, "checks": results}
+        if any(r["failed"] for r in results):
+            return "fail", {**evidence, "alpha": ALPHA_PROMOTE, "checks": results}
+        if state.weight < 100 and any(r.get("insufficient") for r in results):
+            return None  # too little data is never a pass (at 100 % no baseline can have any)
+        return "advance", {**evidence, "alpha": ALPHA_PROMOTE, "checks": results}
 
-    def _enact(self, route: Route, state: RolloutState, key: str,
-               verdict: tuple[str, dict[str, Any]] | None) -> None:
-        if verdict is None or state.status != RUNNING or state.key != key:
-            return  # nothing to do, or a manual action or a new block got there first
-        kind, evidence = verdict
-        if kind == "fail":
-            self._fail(route, state, evidence)
-        else:
-            self._advance(route, state, evidence)
-
-    def tick(self) -> None:
-        """Judge every due rollout now, synchronously (tests drive it with a fake clock)."""
-        for route, state, base, canary in self._due():
-            self._enact(route, state, state.key,
-                        self._verdict(route, state, base, canary, self.clock()))
-
-    async def run(self) -> None:
-        """Once a second: copy the evidence on the loop, judge in a thread, act on the loop."""
-        while True:
-            await asyncio.sleep(1.0)
+    async def tick(self) -> None:
+        """One round: store new rollouts, open windows, judge what is due, act on verdicts.
+        Only while leading; tests drive it with a fake clock."""
+        if self.live is None or not self.leading():
+            return
+        for route in self.live.snapshot.routes:
+            if route.rollout is None:
+                continue
             try:
-                for route, state, base, canary in self._due():
-                    key = state.key
-                    verdict = await asyncio.to_thread(self._verdict, route, state, base,
-                                                      canary, self.clock())
-                    self._enact(route, state, key, verdict)
-            except Exception:  # noqa: BLE001 - judging must not stop the router
-                log.exception("rollout judging failed")
+                await self._tick_route(route)
+            except Exception:  # noqa: BLE001 - one route's failure must not stop the others
+                log.exception("rollout %s: judging failed", route.name)
+            if not self.leading():
+                return
 
-    def _advance(self, route: Route, state: RolloutState, evidence: dict[str, Any]) -> None:
+    async def _tick_route(self, route: Route) -> None:
         rollout = route.rollout
         assert rollout is not None
         now = self.clock()
-        if state.step + 1 >= len(rollout.steps) or rollout.steps[state.step] >= 100:
-            state.weight, state.status = 100.0, PROMOTED
-            event = "promoted"
+        state = self.states.get(route.name)
+        if state is None or state.key != rollout.key or state.generation == 0:
+            # A new block, in a fleet: the leader stores it.
+            fresh = self._fresh(route)
+            placeholder = dataclasses.replace(fresh)  # what the compare-and-set expects
+            self.states.setdefault(route.name, placeholder)
+            await self._write(route, self.states[route.name], fresh, "rollout_step",
+                              {"started": True})
+            return
+        if state.status != RUNNING:
+            return
+        if now - self._last_judged.get(route.name, float("-inf")) < 1.0:
+            return
+        self._last_judged[route.name] = now
+        waited = now - state.step_started
+        if state.window_start is None:
+            if await self.evidence.ready(route, state.weight):
+                await self._write(route, state, dataclasses.replace(state, window_start=now),
+                                  None, {})
+            elif waited >= rollout.wait_limit_s:
+                await self._no_evidence(route, state, waited, "not every replica serves "
+                                        f"the step's weight {state.weight:g}")
+            return
+        arms = await self.evidence.collect(route, state.window_start, now)
+        if arms is None:
+            return  # the source is down: no decision (counted by the source)
+        self._arms[route.name] = arms
+        verdict = await asyncio.to_thread(self._verdict, route, state, *arms, now)
+        if self.states.get(route.name) is not state or not self.leading():
+            return  # a manual action, a new block or a lost lease got there first
+        if verdict is None:
+            if waited >= rollout.wait_limit_s:
+                await self._no_evidence(route, state, waited, "too little evidence: canary "
+                                        f"{arms[1].requests} requests, baseline "
+                                        f"{arms[0].requests}")
+            return
+        kind, evidence = verdict
+        if kind == "fail":
+            await self._fail(route, state, evidence)
         else:
-            state.step += 1
-            state.weight = rollout.steps[state.step]
-            event = "rollout_step"
-        state.step_started = state.updated = now
-        self.evidence.reset(route.name)
-        self._save()
-        self._apply()
-        self._event(event, route, state, evidence)
+            await self._advance(route, state, evidence)
 
-    def _fail(self, route: Route, state: RolloutState, evidence: dict[str, Any]) -> None:
+    async def run(self) -> None:
+        """Once a second: ``tick`` (judging runs in a thread)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.tick()
+            except Exception:  # noqa: BLE001 - judging must not stop the router
+                log.exception("rollout judging failed")
+
+    async def _advance(self, route: Route, state: RolloutState, evidence: dict[str, Any]) -> None:
         rollout = route.rollout
         assert rollout is not None
-        state.updated = self.clock()
+        now = self.clock()
+        new = dataclasses.replace(state, step_started=now,
+                                  window_start=now if self.evidence.immediate else None)
+        if state.step + 1 >= len(rollout.steps) or rollout.steps[state.step] >= 100:
+            new.weight, new.status = 100.0, PROMOTED
+            event = "promoted"
+        else:
+            new.step += 1
+            new.weight = rollout.steps[new.step]
+            event = "rollout_step"
+        await self._write(route, state, new, event, evidence)
+
+    async def _fail(self, route: Route, state: RolloutState, evidence: dict[str, Any]) -> None:
+        rollout = route.rollout
+        assert rollout is not None
+        failed = [r for r in evidence.get("checks", []) if r.get("failed")]
+        reason = "; ".join(_describe_check(r) for r in failed) or "a check failed"
         if rollout.on_failure == "pause":
-            state.status = PAUSED
+            new = dataclasses.replace(state, status=PAUSED, reason=reason)
             event = "paused"
         else:
-            state.status, state.weight = ROLLED_BACK, 0.0
+            new = dataclasses.replace(state, status=ROLLED_BACK, weight=0.0, reason=reason)
             event = "rolled_back"
-        self._save()
-        self._apply()
-        self._event(event, route, state, evidence)
+        await self._write(route, state, new, event, evidence)
+
+    async def _no_evidence(self, route: Route, state: RolloutState, waited: float,
+                           detail: str) -> None:
+        new = dataclasses.replace(state, status=PAUSED, reason=f"no_evidence: {detail} "
+                                  f"after {waited:.0f} s")
+        await self._write(route, state, new, "paused", {"no_evidence": True, "waited_s": waited,
+                                                        "detail": detail})
 
     # -- manual actions ----------------------------------------------------------------------
 
-    def act(self, route_name: str, action: str) -> RolloutState:
-        """pause | resume | promote (to 100 now) | abort (canary to 0). KeyError if none."""
+    async def act(self, route_name: str, action: str, who: str = "admin API") -> RolloutState:
+        """pause | resume | promote (to 100 now) | abort (canary to 0). KeyError if the route
+        has no rollout; ``Conflict`` when the action does not apply to its state (409) or the
+        store cannot be written (503)."""
         route = self.live.snapshot.route(route_name) if self.live else None
         state = self.states.get(route_name)
         if route is None or route.rollout is None or state is None:
             raise KeyError(route_name)
+        if state.key != route.rollout.key or state.generation == 0:
+            raise Conflict(f"rollout {route_name} is starting: try again in a second")
         now = self.clock()
+        reason = f"{action} by {who}"
         if action == "pause":
-            state.status = PAUSED
+            new = dataclasses.replace(state, status=PAUSED, reason=reason)
             event = "paused"
         elif action == "resume":
             if state.status not in (PAUSED, RUNNING):
-                raise ValueError(f"cannot resume a rollout that is {state.status}")
-            state.status, state.step_started = RUNNING, now
-            self.evidence.reset(route_name)
+                raise Conflict(f"cannot resume a rollout that is {state.status}")
+            new = dataclasses.replace(state, status=RUNNING, step_started=now, reason=None,
+                                      window_start=now if self.evidence.immediate else None)
             event = "resumed"
         elif action == "promote":
-            state.status, state.weight, state.step = PROMOTED, 100.0, len(route.rollout.steps) - 1
+            new = dataclasses.replace(state, status=PROMOTED, weight=100.0, reason=reason,
+                                      step=len(route.rollout.steps) - 1)
             event = "promoted"
         elif action == "abort":
-            state.status, state.weight = ABORTED, 0.0
+            new = dataclasses.replace(state, status=ABORTED, weight=0.0, reason=reason)
             event = "aborted"
         else:
-            raise ValueError(f"unknown action {action}")
-        state.updated = now
-        self._save()
-        self._apply()
-        base, canary = self.evidence.arms(route_name)
-        self._event(event, route, state, {"manual": True, "baseline": base.summary(),
-                                          "canary": canary.summary()})
-        return state
+            raise Conflict(f"unknown action {action}")
+        base, canary = self._arms.get(route_name, (Arm(), Arm()))
+        result = await self._write(route, state, new, event, {
+            "manual": True, "baseline": base.summary(), "canary": canary.summary()},
+            manual=True)
+        if result == STALE:
+            raise Conflict(f"rollout {route_name} changed meanwhile: look again and retry")
+        if result != WRITTEN:
+            raise Conflict(f"the fleet store cannot be written ({result}): nothing changed",
+                           503)
+        return new
 
     def status(self) -> list[dict[str, Any]]:
         out = []
@@ -289,8 +456,30 @@ class Controller:
             state = self.states.get(route.name)
             if route.rollout is None or state is None:
                 continue
-            base, canary = self.evidence.arms(route.name)
+            base, canary = self._arms.get(route.name) or _local_arms(self.evidence, route.name)
             out.append({**state.public(), "baseline": route.rollout.baseline,
                         "canary": route.rollout.canary, "steps": list(route.rollout.steps),
                         "evidence": {"baseline": base.summary(), "canary": canary.summary()}})
         return out
+
+
+def _local_arms(evidence: Evidence, route: str) -> tuple[Arm, Arm]:
+    arms = getattr(evidence, "arms", None)  # LocalEvidence shows its running counts
+    return arms(route) if arms is not None else (Arm(), Arm())
+
+
+def _describe_check(result: Mapping[str, Any]) -> str:
+    """A failed check in one line, e.g. ``error_rate: canary 0.05 vs baseline 0.005``."""
+    name = result.get("check")
+    if name == "error_rate":
+        return (f"error_rate: canary {result['canary']:.4f} vs baseline "
+                f"{result['baseline']:.4f} + {result['max_increase']} (p={result['p_value']:.2g})")
+    if name == "latency":
+        return (f"latency {result.get('quantile')}: ratio {result['ratio']:.2f}, CI low "
+                f"{result['ci_low']:.2f} > {result['max_ratio']}")
+    if name == "shadow_agreement":
+        return f"shadow_agreement {result['agreement']:.3f} < {result['min']}"
+    if name == "outcome":
+        return (f"outcome {result.get('name')}: canary {result['canary']:.3f} vs baseline "
+                f"{result['baseline']:.3f} - {result['max_drop']}")
+    return str(name)

@@ -38,7 +38,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..metrics import UNMATCHED, Metrics
-from ..records import Entry, Exchange, Observer, RecordSink
+from ..records import Attributor, Entry, Exchange, FeedbackObserver, Observer, RecordSink, Served
 from . import routing
 from .checks import id_mismatch, parsed, trace_id, unsafe_path, valid_request_id
 from .client import Client
@@ -75,7 +75,9 @@ class Proxy:
         # Wired at start-up (process/app): the log's sink and the named observers.
         self.predlog: RecordSink | None = None
         self.observers: list[tuple[str, Observer]] = []
-        self.feedback_observers: list[tuple[str, Callable[[str, dict[str, Any]], None]]] = []
+        # Who served a request id, for feedback (observers.attribution); None: unattributed.
+        self.attribution: Attributor | None = None
+        self.feedback_observers: list[tuple[str, FeedbackObserver]] = []
         self.inflight = 0
         self.draining = False
         self._clock = clock
@@ -363,19 +365,35 @@ class Proxy:
                 or not doc["request_id"] or not isinstance(doc.get("outcome"), dict):
             return error_response(BadRequest(
                 'feedback needs {"request_id": "<id>", "outcome": {...}}'), request_id)
+        served = await self._served(doc["request_id"])
         if self.predlog is not None:
             reserved = self.predlog.try_reserve() or await self.predlog.reserve()
             if not reserved:
                 return error_response(PredictionLogUnavailable(
                     "the prediction log cannot take the feedback"), request_id)
             self._guarded("predlog", self.predlog.add, Entry(
-                ts=ts, request_id=doc["request_id"], route=None,
-                revision=snapshot.revision, role="feedback", version=None, reason=None,
-                upstream=None, status=202, latency_ms=0.0, sticky_key=None,
-                request_body=None, response_body=None, outcome=doc["outcome"]), True)
+                ts=ts, request_id=doc["request_id"],
+                route=snapshot.route(served.route) if served else None,
+                revision=served.revision if served else snapshot.revision, role="feedback",
+                version=served.version if served else None, reason=None, upstream=None,
+                status=202, latency_ms=0.0, sticky_key=None, request_body=None,
+                response_body=None, outcome=doc["outcome"]), True)
+        if served is not None:
+            self._guarded("outcomes", self.metrics.outcomes, served.route, served.version,
+                          doc["outcome"])
         for name, observer in self.feedback_observers:
-            self._guarded(name, observer, doc["request_id"], doc["outcome"])
+            self._guarded(name, observer, doc["request_id"], doc["outcome"], served)
         return json_response(202, {"request_id": doc["request_id"], "accepted": True})
+
+    async def _served(self, request_id: str) -> Served | None:
+        """Who served ``request_id`` (None: not known here, or the lookup failed)."""
+        if self.attribution is None:
+            return None
+        try:
+            return await self.attribution.find(request_id)
+        except Exception:  # noqa: BLE001 - an unattributed outcome is still logged
+            self._failed("attribution")
+            return None
 
     def _notify(self, ex: Exchange, reserved: bool) -> None:
         """Hand a finished exchange to the metrics, the prediction log and every observer.

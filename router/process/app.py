@@ -17,18 +17,22 @@ from typing import cast
 from ..config import Live, Snapshot, load_snapshot
 from ..control.admin import Administered, AdminServer
 from ..control.evidence import LocalEvidence
+from ..control.fleet import FleetMember
 from ..control.history import History
-from ..control.reload import Reloader, Watcher
+from ..control.reload import Reloader, Watcher, with_ports
 from ..control.rollout import Controller
+from ..control.store import FleetStore
 from ..dataplane.client import Client
 from ..dataplane.proxy import Proxy
 from ..dataplane.server import HttpServer
 from ..metrics import Metrics
+from ..observers.attribution import Attribution
 from ..observers.drift import DriftMonitor
 from ..observers.encode import load_log_key
 from ..observers.predlog import PredictionLog
 from ..observers.shadow import Shadows
 from .lifecycle import Lifecycle
+from .wiring import close_fleet, control_plane, fleet_store, follower
 
 log = logging.getLogger("model_router")
 
@@ -45,15 +49,17 @@ class RouterApp(Lifecycle):
 
     def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2,
                  worker: bool = False, rollout_clock: Callable[[], float] = time.time,
-                 run_rollouts: bool = True) -> None:
+                 run_rollouts: bool = True, port: int | None = None,
+                 admin_port: int | None = None) -> None:
         super().__init__()
         self.config_path = Path(config_path)
         self.watch_interval = watch_interval
-        # A worker serves traffic only: its supervisor owns admin, watch and history.
+        # A worker serves traffic only: its supervisor owns admin, watch, history, rollouts.
         self.worker = worker
         # Tests drive rollouts with a fake clock and ``rollouts.tick()`` instead of the task.
         self.rollout_clock = rollout_clock
         self.run_rollouts = run_rollouts
+        self.overrides = with_ports(port, admin_port)
         self.metrics = Metrics()
         self.port = 0
         self.admin_port = 0
@@ -65,8 +71,11 @@ class RouterApp(Lifecycle):
         self.predlog: PredictionLog | None = None
         self.shadows: Shadows | None = None
         self.drift: DriftMonitor | None = None
+        self.store: FleetStore | None = None
+        self.attribution: Attribution | None = None
         self.reloader: Reloader | None = None
         self.rollouts: Controller | None = None
+        self.fleet: FleetMember | None = None
         self.server: HttpServer | None = None
         self.admin: AdminServer | None = None
 
@@ -77,8 +86,8 @@ class RouterApp(Lifecycle):
         await self._start(self._startup(snapshot))
 
     async def _startup(self, given: Snapshot | None) -> None:
-        snapshot = given if given is not None else await asyncio.to_thread(
-            load_snapshot, self.config_path, source="startup")
+        snapshot = self.overrides(given if given is not None else await asyncio.to_thread(
+            load_snapshot, self.config_path, source="startup"))
         self.live = live = Live(snapshot)
         self.history = History(snapshot.state_dir)
         self.client = Client()
@@ -94,21 +103,39 @@ class RouterApp(Lifecycle):
         drift.configure(snapshot)
         proxy.observers += [("drift", drift.exchange), ("shadow", shadows.exchange)]
         self.tasks.spawn(drift.run(live))
+        # Feedback may reach another process than the one that served: in a fleet, who
+        # served each request goes to the fleet store.
+        self.store = store = fleet_store(snapshot, self.metrics)
+        self.attribution = attribution = Attribution(
+            store, snapshot.fleet.feedback_ttl_s if snapshot.fleet else 0.0)
+        proxy.attribution = attribution
+        proxy.observers.append(("attribution", attribution.exchange))
+        if store is not None:
+            self.tasks.spawn(attribution.run())
         self.reloader = reloader = Reloader(self.config_path, live, self.metrics,
-                                            self.history)
+                                            self.history, overrides=self.overrides)
         reloader.on_applied.append(drift.configure)
-        if not self.worker:
+        if self.worker:
+            self.rollouts = follower(live, reloader, self.history, self.metrics)
+        else:
             evidence = LocalEvidence()
-            self.rollouts = rollouts = Controller(snapshot.state_dir, self.history, evidence,
-                                                  self.metrics, clock=self.rollout_clock)
-            rollouts.live = live
-            rollouts.refresh = reloader.refresh
-            reloader.transforms.append(rollouts.transform)
-            proxy.observers.append(("rollout", evidence.exchange))
-            shadows.observers.append(evidence.shadow)
-            proxy.feedback_observers.append(("rollout", evidence.feedback))
+            self.rollouts, self.fleet = control_plane(
+                snapshot, live, reloader, self.history, self.metrics, store, evidence,
+                reloader.refresh, clock=self.rollout_clock)
+            if isinstance(self.rollouts.evidence, LocalEvidence):
+                proxy.observers.append(("rollout", evidence.exchange))
+                shadows.observers.append(evidence.shadow)
+                proxy.feedback_observers.append(("rollout", evidence.feedback))
+            if self.fleet is not None:
+                member = self.fleet
+                def save_revision(applied: Snapshot) -> None:
+                    self.tasks.spawn(member.save_revision(applied))
+                reloader.on_applied.append(save_revision)
+                await member.hold_lease()  # lead at once when the lease is free
+                await member.sync()        # and serve the fleet's weights from the start
+                self.tasks.spawn(member.run())
             if self.run_rollouts:
-                self.tasks.spawn(rollouts.run())
+                self.tasks.spawn(self.rollouts.run())
             reloader.applied(snapshot)
 
         server = HttpServer(proxy.handle, lambda: live.snapshot.limits)
@@ -124,9 +151,10 @@ class RouterApp(Lifecycle):
         self.admin_port = await self.admin.start(snapshot.admin.host, snapshot.admin.port)
         self.tasks.spawn(Watcher(reloader, self.watch_interval).run())
         self.ready = True
-        log.info("serving on http://%s:%d (admin http://%s:%d), config %s",
+        log.info("serving on http://%s:%d (admin http://%s:%d), config %s%s",
                  snapshot.listen.host, self.port, snapshot.admin.host, self.admin_port,
-                 snapshot.revision)
+                 snapshot.revision,
+                 f", fleet {self.fleet.fleet.name} as {self.fleet.replica}" if self.fleet else "")
 
     def render_metrics(self) -> bytes:
         return self.metrics.render()
@@ -163,6 +191,11 @@ class RouterApp(Lifecycle):
         if self.predlog is not None:
             await self.predlog.close()
         await self.tasks.close()
+        if self.attribution is not None:
+            await self.attribution.flush()
+        await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None)
+        if self.fleet is None and self.store is not None:
+            await self.store.close()
         if self.client is not None:
             self.client.close()
         if self.admin is not None:
