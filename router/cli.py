@@ -30,9 +30,19 @@ def _workers(text: str) -> int:
     return count
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError("0-65535")
+    return port
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .process.main import serve
-    return serve(args.config, args.workers)
+    return serve(args.config, args.workers, port=args.port, admin_port=args.admin_port)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -43,11 +53,22 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from .config.raw import config_paths
-    from .control.history import History, print_events, print_in_force
+    from .config.raw import config_paths, fleet_of
+    from .control.history import History, print_events, print_fleet_in_force, print_in_force
 
-    state_dir, _ = config_paths(args.config)
-    events = History(state_dir).read()
+    fleet = fleet_of(args.config)
+    if fleet is not None:  # the fleet's history stream: every replica's
+        from redis.exceptions import RedisError
+
+        from .control.store import read_history
+        try:
+            events = read_history(*fleet)
+        except (RedisError, OSError) as exc:
+            print(f"cannot read the fleet history from {fleet[0]}: {exc}", file=sys.stderr)
+            return 1
+    else:
+        state_dir, _ = config_paths(args.config)
+        events = History(state_dir).read()
     if not args.at:
         print_events(events, as_json=args.json)
         return 0
@@ -58,6 +79,8 @@ def _history(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"bad time: {exc}", file=sys.stderr)
         return 1
+    if fleet is not None:
+        return print_fleet_in_force(events, iso(at.timestamp()), as_json=args.json)
     return print_in_force(events, iso(at.timestamp()), as_json=args.json)
 
 
@@ -81,6 +104,11 @@ def _rollout(args: argparse.Namespace) -> int:
                            as_json=args.json)
 
 
+def _fleet(args: argparse.Namespace) -> int:
+    from .control.client import fleet_command
+    return fleet_command(args.config, admin=args.admin, as_json=args.json)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo.run import demo
     return demo(args.dir, args.duration, story=not args.no_story)
@@ -97,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.add_argument("--workers", type=_workers, default=1,
                    help="worker processes sharing the port (a number or 'auto')")
+    p.add_argument("--port", type=_port, help="listen port (overrides listen.port)")
+    p.add_argument("--admin-port", type=_port, help="admin port (overrides admin.port)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check", help="validate config, registry and schema compatibility")
@@ -152,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", help="admin base URL (default: from the config)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_rollout)
+
+    p = sub.add_parser("fleet", help="the fleet: leader, replicas, revisions, steps, health")
+    p.add_argument("action", choices=["status"])
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("--admin", help="admin base URL of any replica (default: from the config)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_fleet)
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
     p.add_argument("--dir", default="demo")

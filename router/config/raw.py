@@ -7,6 +7,7 @@ the same defaults as ``load_snapshot`` (the fields of ``snapshot``), and never v
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,15 @@ def admin_of(config: str | Path) -> tuple[str, str | None]:
     defaults = Admin()
     base = f"http://{admin.get('host', defaults.host)}:{admin.get('port', defaults.port)}"
     return base, admin.get("token_env")
+
+
+def fleet_of(config: str | Path) -> tuple[str, str] | None:
+    """(store URL, fleet name) of a router.yaml's ``fleet:`` block (``${ENV}`` expanded from
+    this process's environment), or None without one."""
+    fleet = raw_config(config).get("fleet")
+    if not isinstance(fleet, dict) or "store" not in fleet or "name" not in fleet:
+        return None
+    return os.path.expandvars(str(fleet["store"])), str(fleet["name"])
 
 
 def registry_of(config: str | Path) -> tuple[Registry | None, list[str]]:

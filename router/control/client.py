@@ -66,6 +66,34 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
     return 0
 
 
+def fleet_command(config: str, admin: str | None = None, as_json: bool = False) -> int:
+    """``model-router fleet status``: ``GET /-/fleet`` of the replica at ``admin`` (or the
+    config's admin port) and print it."""
+    base = admin or admin_of(config)[0]
+    try:
+        with urllib.request.urlopen(f"{base}/-/fleet", timeout=10) as resp:
+            body = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print_json(body)
+        return 0
+    print(f"fleet {body['name']}: leader {body['leader'] or '(none)'}; store {body['store']}; "
+          f"prometheus {body['prometheus']} (asked {body['replica']})")
+    for r in body["replicas"]:
+        steps = ", ".join(f"{route} {step + 1 if step is not None else '-'}"
+                          f"@gen{r.get('generations', {}).get(route)}"
+                          for route, step in r["rollouts"].items()) or "no rollouts"
+        mark = "*" if r["replica"] == body["leader"] else " "
+        print(f" {mark} {r['replica']}: revision {r['revision']}, {steps}, "
+              f"last seen {r['last_seen']}")
+    return 0
+
+
 def describe_rollout(r: Mapping[str, Any]) -> str:
     """One line for a rollout of ``/-/rollouts``: where it stands and its evidence."""
     ev = r["evidence"]

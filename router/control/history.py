@@ -130,6 +130,42 @@ def print_in_force(events: Iterable[Mapping[str, Any]], at: str, as_json: bool =
     return 0
 
 
+def fleet_in_force(events: Iterable[Mapping[str, Any]], at: str) -> dict[str, Any] | None:
+    """``in_force`` for every replica of a fleet's history stream: each replica's revision
+    (its own applies) with the rollout weights any leader set by ``at``. None when no
+    replica had applied a config by then. Pure."""
+    events = list(events)
+    rollouts = [e for e in events if e.get("event") in ROLLOUT_EVENTS]
+    replicas = sorted({str(e["replica"]) for e in events
+                       if e.get("event") == "applied" and e.get("replica")})
+    out = {}
+    for replica in replicas:
+        own = [e for e in events if e.get("replica") == replica and e.get("event") == "applied"]
+        merged = sorted(own + rollouts, key=lambda e: str(e.get("ts")))  # stable: file order
+        live = in_force(merged, at)
+        if live is not None:
+            out[replica] = live
+    return {"at": at, "replicas": out} if out else None
+
+
+def print_fleet_in_force(events: Iterable[Mapping[str, Any]], at: str,
+                         as_json: bool = False) -> int:
+    """``model-router history --at`` in a fleet: per replica, what served at ``at``."""
+    live = fleet_in_force(events, at)
+    if live is None:
+        print(f"no replica had applied a config before {at}", file=sys.stderr)
+        return 1
+    if as_json:
+        print_json(live)
+        return 0
+    print(f"at {at}:")
+    for replica, state in live["replicas"].items():
+        print(f"  {replica}: revision {state['revision']} (applied {state['ts']})")
+        for name, route in state["routes"].items():
+            print(f"    {name}: {describe_state(route)}")
+    return 0
+
+
 class History:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir

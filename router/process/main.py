@@ -20,13 +20,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("model_router")
 
 
-async def _serve(config_path: Path, workers: int = 1) -> int:
+async def _serve(config_path: Path, workers: int = 1, port: int | None = None,
+                 admin_port: int | None = None) -> int:
     app: RouterApp | Supervisor
     if workers > 1:
         from .workers import Supervisor  # loaded only for --workers
-        app = Supervisor(config_path, workers)
+        app = Supervisor(config_path, workers, port=port, admin_port=admin_port)
     else:
-        app = RouterApp(config_path)
+        app = RouterApp(config_path, port=port, admin_port=admin_port)
     try:
         await app.start()
     except ConfigError as exc:
@@ -60,6 +61,8 @@ async def _reload_quietly(reloader: Reloader) -> None:
         pass  # logged, counted and kept in history by the reloader
 
 
-def serve(config_path: str | Path, workers: int = 1) -> int:
-    """Run the router until SIGTERM/SIGINT; returns the process exit code."""
-    return int(run(_serve(Path(config_path), workers)))
+def serve(config_path: str | Path, workers: int = 1, port: int | None = None,
+          admin_port: int | None = None) -> int:
+    """Run the router until SIGTERM/SIGINT; returns the process exit code. ``port`` and
+    ``admin_port`` override the file's (its revision stays the same)."""
+    return int(run(_serve(Path(config_path), workers, port, admin_port)))

@@ -1,6 +1,7 @@
 """``serve --workers N``: one supervisor process and N worker processes on one port.
 
-- The supervisor owns the admin port, the file watch, SIGHUP, the history and the revisions.
+- The supervisor owns the admin port, the file watch, SIGHUP, the history, the revisions and
+  the rollout controller (judging the sum of its workers' metrics; the workers adopt its weights).
   It validates each config once; on success it sends the exact file bytes it validated to
   every worker, which compiles them (``load_snapshot(files=...)``) and swaps, so all workers
   serve the same revision whatever the disk holds by then.
@@ -28,40 +29,59 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from ..config import Live, Snapshot, load_snapshot
 from ..control.admin import Administered, AdminServer
+from ..control.evidence import MetricsEvidence, Sample
+from ..control.fleet import FleetMember
 from ..control.history import History
-from ..control.reload import Reloader, Watcher
+from ..control.reload import Reloader, Watcher, with_ports
+from ..control.rollout import Controller
+from ..control.store import FleetStore
 from ..errors import ConfigError
 from ..metrics import Metrics
 from .lifecycle import Lifecycle
+from .wiring import close_fleet, control_plane, fleet_store
 
 log = logging.getLogger("model_router.workers")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CONFIG_SERIES = ["model_router_traffic_weight", "model_router_config_reloads_total",
-                 "model_router_config_info"]
+# What the supervisor itself knows (every other series is the sum of its workers').
+SUPERVISOR_SERIES = ["model_router_traffic_weight", "model_router_config_reloads_total",
+                     "model_router_config_info", "model_router_fleet_info",
+                     "model_router_fleet_leader", "model_router_fleet_store_errors_total",
+                     "model_router_evidence_errors_total"]
+
+
+class _Without:
+    """A collector's families except the named ones (the supervisor exports its own)."""
+
+    def __init__(self, collector: Any, names: set[str]) -> None:
+        self.collector = collector
+        self.names = names
+
+    def collect(self) -> Any:
+        return (f for f in self.collector.collect() if f.name not in self.names)
 
 
 def worker_main(config_path: str, conn: multiprocessing.connection.Connection,
-                files: dict[str, bytes], log_level: int) -> None:
+                files: dict[str, bytes], log_level: int, port: int | None = None) -> None:
     """Entry of a worker process (spawned: a fresh interpreter)."""
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: "
                                "%(message)s")
     from .runtime import run
-    run(_worker(Path(config_path), conn, files))
+    run(_worker(Path(config_path), conn, files, port))
 
 
 async def _worker(path: Path, conn: multiprocessing.connection.Connection,
-                  files: dict[str, bytes]) -> None:
+                  files: dict[str, bytes], port: int | None) -> None:
     from .app import RouterApp
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     snapshot = await asyncio.to_thread(load_snapshot, path, source="startup", files=files)
-    app = RouterApp(path, worker=True)
+    app = RouterApp(path, worker=True, port=port)
     await app.start(snapshot)
-    reloader = app.reloader
-    assert reloader is not None  # start() built it
+    reloader, rollouts = app.reloader, app.rollouts
+    assert reloader is not None and rollouts is not None  # start() built them
     conn.send(("ready", os.getpid()))
 
     async def apply(files: dict[str, bytes], source: str) -> None:
@@ -70,7 +90,7 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
         except ConfigError as exc:  # validated by the supervisor; only a changed env gets here
             log.error("cannot compile the supervisor's config: %s", exc.errors)
             return
-        reloader.applied(new, record=False)
+        reloader.applied(reloader.overrides(new), record=False)
 
     def on_message() -> None:
         try:
@@ -81,6 +101,9 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
             return
         if message[0] == "apply":
             app.tasks.spawn(apply(message[1], message[2]))
+        elif message[0] == "rollouts":  # the supervisor's controller moved a rollout
+            if rollouts.adopt(message[1]):
+                reloader.refresh()
         elif message[0] == "stop":
             stop.set()
 
@@ -99,11 +122,14 @@ class Supervisor(Lifecycle):
     """
 
     def __init__(self, config_path: str | Path, workers: int, *,
-                 watch_interval: float = 0.2) -> None:
+                 watch_interval: float = 0.2, port: int | None = None,
+                 admin_port: int | None = None) -> None:
         super().__init__()
         self.config_path = Path(config_path)
         self.count = workers
         self.watch_interval = watch_interval
+        self.port_override = port
+        self.overrides = with_ports(port, admin_port)
         self.metrics = Metrics()
         self.port = 0
         self.admin_port = 0
@@ -111,6 +137,9 @@ class Supervisor(Lifecycle):
         self.live: Live | None = None
         self.history: History | None = None
         self.reloader: Reloader | None = None
+        self.rollouts: Controller | None = None
+        self.fleet: FleetMember | None = None
+        self._store: FleetStore | None = None
         self._metrics_dir: Path | None = None
         self.processes: list[Any] = []  # the workers, in the order they were started
         self._conns: list[multiprocessing.connection.Connection] = []
@@ -123,26 +152,39 @@ class Supervisor(Lifecycle):
         await self._start(self._startup())
 
     async def _startup(self) -> None:
-        snapshot = await asyncio.to_thread(load_snapshot, self.config_path, source="startup")
-        rollouts = [r.name for r in snapshot.routes if r.rollout is not None]
-        if rollouts:
-            raise RuntimeError(f"routes {rollouts} have a rollout: run them with --workers 1 "
-                               "(each process judges its own traffic; see README)")
-        self.live = Live(snapshot)
+        snapshot = self.overrides(await asyncio.to_thread(load_snapshot, self.config_path,
+                                                          source="startup"))
+        self.live = live = Live(snapshot)
         self.history = History(snapshot.state_dir)
-        self.reloader = reloader = Reloader(self.config_path, self.live, self.metrics,
-                                            self.history)
+        self.reloader = reloader = Reloader(self.config_path, live, self.metrics,
+                                            self.history, overrides=self.overrides)
         reloader.on_applied.append(self._broadcast)
-        reloader.applied(snapshot)
         # Workers are fresh interpreters: they import prometheus_client in multiprocess mode.
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="model-router-metrics-"))
         os.environ[MULTIPROC_ENV] = str(self._metrics_dir)
+        # The rollouts are judged here, on the sum of the workers' metrics (in a fleet, on
+        # Prometheus's); the workers adopt the weights this controller sets.
+        self._store = fleet_store(snapshot, self.metrics)
+        self.rollouts, self.fleet = control_plane(
+            snapshot, live, reloader, self.history, self.metrics, self._store,
+            MetricsEvidence(self._worker_samples), self._refresh)
+        if self.fleet is not None:
+            member = self.fleet
+
+            def save_revision(applied: Snapshot) -> None:
+                self.tasks.spawn(member.save_revision(applied))
+            reloader.on_applied.append(save_revision)
+            await member.hold_lease()
+            await member.sync()
+            self.tasks.spawn(member.run())
+        reloader.applied(snapshot)
+        self.tasks.spawn(self.rollouts.run())
         ctx = multiprocessing.get_context("spawn")
         for _ in range(self.count):
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=worker_main, daemon=True,
                                args=(str(self.config_path), child, dict(snapshot.files),
-                                     logging.getLogger().level))
+                                     logging.getLogger().level, self.port_override))
             proc.start()
             child.close()
             self.processes.append(proc)
@@ -150,6 +192,7 @@ class Supervisor(Lifecycle):
         for conn, proc in zip(self._conns, self.processes):
             if not await asyncio.to_thread(self._wait_ready, conn, proc):
                 raise RuntimeError(f"worker {proc.pid} did not start (see its log above)")
+        self._send_rollouts()
         self.port = snapshot.listen.port
         # Typed for what the admin API reads, which exists by now.
         self.admin = AdminServer(cast(Administered, self))
@@ -176,15 +219,44 @@ class Supervisor(Lifecycle):
                 conn.send(("apply", dict(snapshot.files), snapshot.source))
             except (BrokenPipeError, OSError):
                 log.error("a worker is gone; it did not get revision %s", snapshot.revision)
+        self._send_rollouts()
+
+    def _refresh(self) -> None:
+        """A rollout moved: swap the weights in here and send them to every worker."""
+        assert self.reloader is not None
+        self.reloader.refresh()
+        self._send_rollouts()
+
+    def _send_rollouts(self) -> None:
+        if self.rollouts is None:
+            return
+        states = {name: s.public() for name, s in self.rollouts.states.items()}
+        for conn in self._conns:
+            try:
+                conn.send(("rollouts", states))
+            except (BrokenPipeError, OSError):
+                log.error("a worker is gone; it did not get the rollout weights")
+
+    def _worker_samples(self) -> list[Sample]:
+        """Every sample of the workers' metrics, summed across them (for the evidence)."""
+        from prometheus_client import multiprocess
+
+        if self._metrics_dir is None:
+            return []
+        collector = multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir))
+        return [(s.name, s.labels, s.value) for family in collector.collect()
+                for s in family.samples]
 
     def render_metrics(self) -> bytes:
         from prometheus_client import multiprocess
 
         workers = CollectorRegistry()
         if self._metrics_dir is not None:
-            multiprocess.MultiProcessCollector(workers, path=str(self._metrics_dir))
+            workers.register(_Without(
+                multiprocess.MultiProcessCollector(None, path=str(self._metrics_dir)),
+                {n.removesuffix("_total") for n in SUPERVISOR_SERIES}))
         own = self.metrics.registry.restricted_registry(
-            CONFIG_SERIES + [n + s for n in CONFIG_SERIES for s in ("", "_total")])
+            [n + s for n in SUPERVISOR_SERIES for s in ("", "_total")])
         return generate_latest(own) + generate_latest(workers)
 
     def readiness_problems(self) -> list[str]:
@@ -211,6 +283,9 @@ class Supervisor(Lifecycle):
             if proc.is_alive():
                 proc.kill()
         await self.tasks.close()
+        await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None)
+        if self.fleet is None and self._store is not None:
+            await self._store.close()
         if self.admin is not None:
             await self.admin.close()
         if self._metrics_dir is not None:
