@@ -134,6 +134,12 @@ class FleetMember:
             return
         if self.controller.adopt(stored) and self.refresh is not None:
             self.refresh()
+        if self.leading():  # a store that lost its data (restarted empty) gets ours back
+            for name, state in list(self.controller.states.items()):
+                if name not in stored and state.generation > 0:
+                    log.warning("fleet %s: the store lost rollout %s; writing back "
+                                "generation %d", self.fleet.name, name, state.generation)
+                    await self.store.write_rollout(name, state.public(), 0, as_leader=True)
 
     # -- history -------------------------------------------------------------------------------
 
