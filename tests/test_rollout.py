@@ -271,3 +271,28 @@ async def test_history_at_shows_the_rollout_weights_in_force(tmp_path: Path, ups
     assert after["routes"]["fraud"]["weights"] == {"v1": 100, "v2": 0}
     assert after["routes"]["fraud"]["set_by"]["event"] == "aborted"
     assert f"(rollout aborted at {iso(aborted)}, step 2/3)" in at(aborted + 30)
+
+
+@pytest.mark.parametrize("max_wait_s, advance, status", [
+    (120, 119, "running"), (120, 121, "paused"), (None, 599, "running"), (None, 601, "paused")],
+    ids=["before-max-wait", "after-max-wait", "default-before-10x", "default-after-10x"])
+async def test_too_little_evidence_holds_then_pauses_no_evidence(
+        tmp_path: Path, upstreams, start_router, client, max_wait_s, advance,
+        status) -> None:
+    both = await upstreams.start(flaky(None))
+    clock = Clock()
+    block = {"step_min_requests": 10_000, "step_min_s": 60}
+    if max_wait_s is not None:
+        block["max_wait_s"] = max_wait_s
+    path = write_config(tmp_path, [rollout_route(both, both, **block)])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    await send(client, app, 200)
+    clock.now += advance
+    await app.rollouts.tick()
+    state = app.rollouts.states["fraud"]
+    assert (state.status, state.weight) == (status, 10)
+    if status == "paused":
+        assert state.reason.startswith("no_evidence: too little evidence")
+        event = history(tmp_path)[-1]
+        assert event["event"] == "paused" and event["evidence"]["no_evidence"] is True
+        assert event["routes"]["fraud"]["reason"] == state.reason

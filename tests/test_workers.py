@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -16,6 +18,7 @@ from helpers import (
     echo_versions,
     free_port,
     rewrite,
+    rollout_route,
     route,
     set_split,
     wait_ready,
@@ -121,3 +124,70 @@ async def test_two_workers(tmp_path: Path, upstreams, client) -> None:
     logs = list((tmp_path / "logs").glob("predictions-*.jsonl"))
     assert len(logs) == 2, "one log file per worker"
     assert len([r for r in iter_records(tmp_path / "logs") if r["role"] == "primary"]) == sent
+
+
+def _flaky(every: int | None) -> Any:
+    """A V2 model at ``/m/infer`` failing one request in ``every`` with a 500."""
+    from aiohttp import web
+    counter = itertools.count(1)
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        if every and next(counter) % every == 0:
+            return web.Response(status=500, text="boom")
+        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
+                                               "datatype": "FP64", "data": [0.2]}]})
+
+    app = web.Application()
+    app.router.add_post("/m/infer", infer)
+    return app
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every, outcome", [(500, "promoted"), (5, "rolled_back")],
+                         ids=["healthy-canary-promoted", "failing-canary-rolled-back"])
+async def test_two_workers_run_a_rollout(tmp_path: Path, upstreams, client, every: int,
+                                         outcome: str) -> None:
+    """The supervisor judges the sum of both workers' traffic; both serve its weights."""
+    v1 = await upstreams.start(_flaky(500))
+    v2 = await upstreams.start(_flaky(every))
+    port, admin = free_port(), free_port()
+    path = write_config(tmp_path, [rollout_route(v1, v2, steps=[20, 100], step_min_s=1,
+                                                 step_min_requests=100)],
+                        listen={"host": "127.0.0.1", "port": port},
+                        admin={"host": "127.0.0.1", "port": admin})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router.cli", "serve", "-c", str(path), "--workers", "2",
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    served = Served(proc, port, admin)
+    try:
+        await wait_ready(served, client, timeout=60)
+        versions: dict[str, int] = {}
+        status: dict[str, Any] = {}
+        for _ in range(120):  # bounded: up to 120 rounds of 40 requests on fresh connections
+            for _ in range(4):
+                async with aiohttp.ClientSession() as fresh:
+                    for _ in range(10):
+                        async with fresh.post(served.url("/v2/models/fraud/infer"),
+                                              data=b"{}") as resp:
+                            version = resp.headers.get("x-model-version", "-")
+                            versions[version] = versions.get(version, 0) + 1
+            async with client.get(served.admin_url("/-/rollouts")) as resp:
+                status = (await resp.json())[0]
+            if status["status"] != "running":
+                break
+        assert status["status"] == outcome, status
+        assert versions.get("v2", 0) > 0  # the workers served the canary its share
+        evidence = status["evidence"]["canary"]
+        assert evidence["requests"] >= 20  # judged on metrics summed over the workers
+        expected = "v2" if outcome == "promoted" else "v1"
+        for _ in range(10):  # every worker took the final weights
+            async with aiohttp.ClientSession() as fresh:
+                async with fresh.post(served.url("/v2/models/fraud/infer"), data=b"{}") as resp:
+                    assert resp.headers["x-model-version"] == expected
+        proc.terminate()
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -159,9 +159,7 @@ class Supervisor(Lifecycle):
         self.reloader = reloader = Reloader(self.config_path, live, self.metrics,
                                             self.history, overrides=self.overrides)
         reloader.on_applied.append(self._broadcast)
-        # Workers are fresh interpreters: they import prometheus_client in multiprocess mode.
         self._metrics_dir = Path(tempfile.mkdtemp(prefix="model-router-metrics-"))
-        os.environ[MULTIPROC_ENV] = str(self._metrics_dir)
         # The rollouts are judged here, on the sum of the workers' metrics (in a fleet, on
         # Prometheus's); the workers adopt the weights this controller sets.
         self._store = fleet_store(snapshot, self.metrics)
@@ -179,6 +177,8 @@ class Supervisor(Lifecycle):
             self.tasks.spawn(member.run())
         reloader.applied(snapshot)
         self.tasks.spawn(self.rollouts.run())
+        # Workers are fresh interpreters: they import prometheus_client in multiprocess mode.
+        os.environ[MULTIPROC_ENV] = str(self._metrics_dir)
         ctx = multiprocessing.get_context("spawn")
         for _ in range(self.count):
             parent, child = ctx.Pipe()

@@ -333,3 +333,34 @@ async def test_feedback_to_other_replicas_and_sticky_users_agree(
         return len(logged()) >= len(served)
     await until(all_logged, 5)
     assert logged() == dict(served)
+
+
+async def test_prometheus_down_holds_the_rollout_until_it_returns(
+        tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
+    v1 = await upstreams.start(model(200))
+    v2 = await upstreams.start(model(4))     # 25 % errors: rolled back once judged
+    fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
+                                        prometheus_server.url, steps=[50, 100],
+                                        step_min_s=60))
+    await prometheus_server.stop()
+    traffic = Traffic(fleet, rate=120)
+    load = asyncio.create_task(traffic.run(80))
+    try:
+        await asyncio.sleep(8)
+        leader = await fleet.leader()
+        assert leader is not None
+        status = await fleet.get(leader, "/-/fleet")
+        assert status["prometheus"] != "ok" and status["store"] == "ok", status
+        assert _value(await _metrics(fleet, leader), "model_router_evidence_errors_total") > 0
+        state = await rollout_of(fleet)
+        assert state["status"] == "running" and state["weight"] == 50  # no decision made
+        for replica in fleet.live():
+            async with fleet.client.get(replica.admin_url("/-/ready")) as resp:
+                assert resp.status == 200
+        await prometheus_server.start()
+        took = await until(lambda: _status(fleet, "rolled_back"), 40)
+    finally:
+        traffic.stop()
+        await load
+    print(f"\nPrometheus down 8 s: the rollout held; rolled back {took:.1f} s after it returned")
+    assert traffic.failures == []
