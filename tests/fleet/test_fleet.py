@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from fleetctl import Fleet, Traffic, Watch
+from fleetctl import ROOT, Fleet, Traffic, Watch
 from helpers import rollout_route, write_config
 
 pytestmark = pytest.mark.slow
@@ -364,3 +365,44 @@ async def test_prometheus_down_holds_the_rollout_until_it_returns(
         await load
     print(f"\nPrometheus down 8 s: the rollout held; rolled back {took:.1f} s after it returned")
     assert traffic.failures == []
+
+
+async def test_a_command_to_any_replica_and_fleet_status(
+        tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
+    v1 = await upstreams.start(model())
+    v2 = await upstreams.start(model())
+    fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
+                                        prometheus_server.url, step_min_s=600))
+    await until(lambda: _at_step(fleet, 0), 10)
+    leader = await fleet.leader()
+    follower = next(r for r in fleet.live() if r is not leader)
+
+    # pause through a replica that does not lead: every replica serves the paused state
+    async with fleet.client.post(follower.admin_url("/-/rollouts/fraud/pause"),
+                                 json={}) as resp:
+        assert resp.status == 200, await resp.text()
+    took = await until(lambda: _status(fleet, "paused"), 2, every=0.05)
+    print(f"\npause via {follower.id} (leader {leader.id}) on every replica in {took:.2f} s")
+    assert took < 1.0 + 0.2
+    async with fleet.client.post(leader.admin_url("/-/rollouts/fraud/pause"),
+                                 json={}) as resp:
+        assert resp.status == 200  # pausing a paused rollout is allowed (it stays paused)
+    async with fleet.client.post(follower.admin_url("/-/rollouts/fraud/resume"),
+                                 json={}) as resp:
+        assert resp.status == 200
+    await until(lambda: _status(fleet, "running"), 2, every=0.05)
+    paused = [e for e in events(redis_server.url) if e.get("event") == "paused"]
+    assert paused[0]["replica"] == follower.id
+    assert paused[0]["routes"]["fraud"]["reason"] == "pause by admin API"
+
+    # model-router fleet status, asking any replica
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router.cli", "fleet", "status", "-c", str(fleet.config),
+        "--admin", f"http://127.0.0.1:{follower.admin}", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, cwd=ROOT)
+    out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0, out
+    assert f"fleet t: leader {leader.id}; store ok; prometheus" in out
+    for replica in fleet.live():
+        mark = "*" if replica is leader else " "
+        assert f" {mark} {replica.id}: revision " in out, out
