@@ -110,8 +110,13 @@ def _fleet(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.fleet:
+        from .demo.fleet import fleet_demo
+        return fleet_demo(args.dir or "demo/fleet",
+                          90.0 if args.duration is None else args.duration)
     from .demo.run import demo
-    return demo(args.dir, args.duration, story=not args.no_story)
+    return demo(args.dir or "demo", 40.0 if args.duration is None else args.duration,
+                story=not args.no_story)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -191,9 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_fleet)
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
-    p.add_argument("--dir", default="demo")
-    p.add_argument("--duration", type=float, default=40.0, help="seconds (default 40)")
+    p.add_argument("--dir", help="its files (default demo/; demo/fleet/ with --fleet)")
+    p.add_argument("--duration", type=float,
+                   help="seconds at most (default 40; 90 with --fleet)")
     p.add_argument("--no-story", action="store_true", help="just run traffic")
+    p.add_argument("--fleet", action="store_true",
+                   help="three replicas, Redis and Prometheus walk one rollout through a "
+                        "leader kill (needs redis-server and prometheus; --dir gets its files)")
     p.set_defaults(func=_demo)
     return parser
 

@@ -184,9 +184,9 @@ def view_rows(stats: Stats, weights: dict[str, float], agreement: list[float],
     return lines
 
 
-async def run_demo(folder: Path, duration: float, story: bool) -> int:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "baselines").mkdir(exist_ok=True)
+async def start_models() -> tuple[list[web.AppRunner], dict[str, int]]:
+    """The demo model servers (v1, v2, v3) on free 127.0.0.1 ports in this process: their
+    runners (the caller cleans them up) and ports by version."""
     runners: list[web.AppRunner] = []
     ports: dict[str, int] = {}
     for name, model in MODELS.items():
@@ -196,11 +196,23 @@ async def run_demo(folder: Path, duration: float, story: bool) -> int:
         await site.start()
         runners.append(runner)
         ports[name] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runners, ports
+
+
+def write_registry(folder: Path) -> None:
+    """registry.yaml and the v1 baseline it names, in ``folder``."""
+    (folder / "baselines").mkdir(parents=True, exist_ok=True)
     rng = random.Random(42)
     training = [features(rng) for _ in range(5000)]
     (folder / "baselines" / "fraud-v1.json").write_bytes(
         orjson.dumps(build_baseline(training, SCHEMA), option=orjson.OPT_INDENT_2))
     write_yaml(folder / "registry.yaml", registry_doc())
+
+
+async def run_demo(folder: Path, duration: float, story: bool) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    runners, ports = await start_models()
+    write_registry(folder)
     config = folder / "router.yaml"
     write_yaml(config, router_doc(ports))
     app = RouterApp(config, watch_interval=0.1)
