@@ -103,9 +103,6 @@ def test_good_fleet_names(tmp_path: Path, name: str) -> None:
     assert fleet is not None and fleet.name == name
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: router/config/load.py _fleet: an empty name or "
-                   "store records no error (`if name and ...`) and the block becomes "
-                   "fleet=None: the replica silently runs as a router of its own")
 @pytest.mark.parametrize("fleet", [{"name": "", "store": STORE}, {"name": "f", "store": ""}],
                          ids=["empty_name", "empty_store"])
 def test_empty_name_or_store_is_an_error(tmp_path: Path, fleet: dict[str, Any]) -> None:
@@ -139,10 +136,6 @@ def test_fleet_without_prometheus_and_without_rollouts_loads(tmp_path: Path) -> 
     assert fleet is not None and fleet.prometheus is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: router/config/load.py _fleet: prometheus: '' "
-                   "passes (`if url and ...`) as Fleet(prometheus=''), so the rollout check "
-                   "(`fleet.prometheus is None`) is skipped and wiring builds "
-                   "PrometheusEvidence('')")
 def test_empty_prometheus_is_an_error(tmp_path: Path) -> None:
     errors = fleet_errors(tmp_path, fleet_rollout(""), [rollout_route(UPSTREAM_V1, UPSTREAM_V2)])
     assert any(e.startswith("router.yaml: fleet.prometheus: ") for e in errors), errors
@@ -176,10 +169,14 @@ def ts(second: int) -> str:
     return f"2026-05-01T10:00:{second:02d}.000Z"
 
 
-def applied(second: int, replica: str, revision: str, v1: float, v2: float) -> dict[str, Any]:
+def applied(second: int, replica: str, revision: str, v1: float, v2: float,
+            rollout: str | None = "k1") -> dict[str, Any]:
+    """An apply; ``rollout``: the key of the route's rollout block (None: a plain split)."""
+    state: dict[str, Any] = {"weights": {"v1": v1, "v2": v2}}
+    if rollout is not None:
+        state["rollout"] = rollout
     return {"ts": ts(second), "event": "applied", "revision": revision, "source": "file",
-            "routes": {"fraud": {"weights": {"v1": v1, "v2": v2}}}, "errors": [],
-            "replica": replica}
+            "routes": {"fraud": state}, "errors": [], "replica": replica}
 
 
 def rollout_event(second: int, kind: str, step: int, v2: float, revision: str,
@@ -187,7 +184,8 @@ def rollout_event(second: int, kind: str, step: int, v2: float, revision: str,
     """An event of the leader ``replica``, which runs ``revision``."""
     return {"ts": ts(second), "event": kind, "revision": revision, "source": "rollout",
             "routes": {"fraud": {"weights": {"v1": 100 - v2, "v2": v2}, "step": step,
-                                 "steps": 3, "status": "running", "generation": step + 1}},
+                                 "steps": 3, "status": "running", "generation": step + 1,
+                                 "rollout": "k1"}},
             "errors": [], "evidence": {}, "replica": replica}
 
 
@@ -265,14 +263,11 @@ def test_fleet_in_force_rollout_step_reports_its_step() -> None:
         (1, 3, "running", "revA")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: router/control/history.py fleet_in_force applies "
-                   "every rollout event to every replica's route of that name, also to a "
-                   "replica whose revision has no rollout block for it (it serves its split)")
 def test_fleet_in_force_rollout_weights_only_where_the_revision_has_the_rollout() -> None:
     # revA's fraud route is a plain split; revB starts a rollout on it. r2 stays on revA and
     # serves v1 100 whatever the leader (on revB) steps: the controller only sets the weights
     # of routes with a rollout block. The events name their revision.
-    events = [applied(1, "r1", "revA", 100, 0), applied(2, "r2", "revA", 100, 0),
+    events = [applied(1, "r1", "revA", 100, 0, None), applied(2, "r2", "revA", 100, 0, None),
               applied(3, "r1", "revB", 90, 10),
               rollout_event(4, "rollout_step", 1, 50, "revB")]
     answer = fleet_in_force(events, ts(5))
@@ -281,9 +276,6 @@ def test_fleet_in_force_rollout_weights_only_where_the_revision_has_the_rollout(
     assert answer["replicas"]["r2"]["routes"]["fraud"]["weights"] == {"v1": 100, "v2": 0}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: router/control/history.py fleet_in_force sorts "
-                   "`own + rollouts` by ts: at an equal ts every apply goes before every "
-                   "rollout event, whatever the stream's order (the comment says file order)")
 def test_fleet_in_force_equal_times_keep_stream_order() -> None:
     # the leader steps the old block, then r2 applies a revision that restarts the rollout,
     # both within the same millisecond: what r2 applied last is what it serves

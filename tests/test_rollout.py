@@ -259,7 +259,7 @@ async def test_history_at_shows_the_rollout_weights_in_force(tmp_path: Path, ups
     assert during["routes"]["fraud"]["weights"] == {"v1": 50, "v2": 50}
     assert during["routes"]["fraud"]["set_by"] == {
         "event": "rollout_step", "ts": iso(stepped), "revision": revision,
-        "source": "rollout", "step": 1, "steps": 3, "status": "running"}
+        "source": "rollout", "step": 1, "steps": 3, "status": "running", "generation": 2}
     assert f"fraud: v1 50, v2 50 (rollout step 2/3 at {iso(stepped)})" in at(stepped + 30)
 
     first = orjson.loads(at(started + 30, "--json"))

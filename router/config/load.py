@@ -244,23 +244,25 @@ def _fleet(p: Problems, raw: Any) -> Fleet | None:
     spec = p.mapping("fleet", raw, keys, required=("name", "store"))
     if not spec or "name" not in spec or "store" not in spec:
         return None
-    name = p.string("fleet.name", spec["name"])
+    name = p.name("fleet.name", spec["name"])
     if name and not _FLEET_NAME.fullmatch(name):
         p.error("fleet.name", f"{name!r}: use letters, digits, '.', '_' or '-' (1-63)")
-    store = p.string("fleet.store", spec["store"])
+    store = p.name("fleet.store", spec["store"])
     if store and not store.startswith(("redis://", "rediss://", "unix://")):
         p.error("fleet.store", f"{store!r} is not a redis:// (or rediss://, unix://) URL")
     given: dict[str, Any] = {}
     if "prometheus" in spec:
-        url = p.string("fleet.prometheus", spec["prometheus"])
+        url = p.name("fleet.prometheus", spec["prometheus"])
         if url and not url.startswith(("http://", "https://")):
             p.error("fleet.prometheus", f"{url!r} is not an http(s):// URL")
         given["prometheus"] = url.rstrip("/") if url else url
     for key in ("lease_s", "feedback_ttl_s"):
         if key in spec:
             given[key] = p.number(join("fleet", key), spec[key], positive=True)
-    if "lease_s" in given and given["lease_s"] is not None and given["lease_s"] < 1:
-        p.error("fleet.lease_s", f"{given['lease_s']} is below 1 s (renewed every lease_s/3)")
+    for key, why in (("lease_s", "renewed every lease_s/3"),
+                     ("feedback_ttl_s", "Redis keeps keys for whole seconds")):
+        if given.get(key) is not None and given[key] < 1:
+            p.error(f"fleet.{key}", f"{given[key]} is below 1 s ({why})")
     if not name or not store or None in given.values():
         return None
     return Fleet(name=name, store=store, **given)

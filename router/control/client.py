@@ -89,8 +89,9 @@ def fleet_command(config: str, admin: str | None = None, as_json: bool = False) 
                           f"@gen{r.get('generations', {}).get(route)}"
                           for route, step in r["rollouts"].items()) or "no rollouts"
         mark = "*" if r["replica"] == body["leader"] else " "
+        gone = "" if r.get("live", True) else " (silent for over lease_s: gone?)"
         print(f" {mark} {r['replica']}: revision {r['revision']}, {steps}, "
-              f"last seen {r['last_seen']}")
+              f"last seen {r['last_seen']}{gone}")
     return 0
 
 

@@ -111,7 +111,7 @@ class FleetMember:
     async def hold_lease(self) -> None:
         """Take or renew the lease once."""
         asked = self._clock()
-        held = await self.store.hold_lease(self.fleet.lease_s, self.leading())
+        held = await self.store.hold_lease(self.fleet.lease_s)
         if held is True:
             if self._renewed is None:
                 self.leader_since = time.time()
@@ -242,8 +242,10 @@ class FleetMember:
         leader = await self.store.leader()
         replicas = await self.store.replicas()
         rows = []
+        cutoff = time.time() - self.fleet.lease_s
         for rid, h in sorted((replicas or {self.replica: self.heartbeat()}).items()):
             rows.append({"replica": rid, "revision": h.get("revision"),
+                         "live": h.get("last_seen", 0) >= cutoff,
                          "rollouts": {route: r.get("step") for route, r in
                                       (h.get("rollouts") or {}).items()},
                          "generations": {route: r.get("generation") for route, r in

@@ -32,6 +32,8 @@ def route_states(snapshot: Snapshot) -> dict[str, Any]:
             out[route.name] = {"active": bg.active, "version": bg.active_version}
         else:
             out[route.name] = {"weights": dict(route.split)}
+            if route.rollout is not None:  # whose weights its rollout's events then set
+                out[route.name]["rollout"] = route.rollout.key
     return out
 
 
@@ -63,7 +65,9 @@ def in_force(events: Iterable[Mapping[str, Any]], at: str) -> dict[str, Any] | N
                       for name, state in (event.get("routes") or {}).items()}
         elif kind in ROLLOUT_EVENTS:
             for name, state in (event.get("routes") or {}).items():
-                if name in routes:  # a route the applied config no longer has stays gone
+                # A route the applied config no longer has stays gone; one without this
+                # rollout block (a split, another block) keeps what its apply set.
+                if name in routes and routes[name].get("rollout") == state.get("rollout"):
                     routes[name] = _set_by(event, state)
     if applied is None:
         return None
@@ -74,7 +78,7 @@ def in_force(events: Iterable[Mapping[str, Any]], at: str) -> dict[str, Any] | N
 
 def _set_by(event: Mapping[str, Any], state: Mapping[str, Any]) -> dict[str, Any]:
     """A route's state as ``in_force`` reports it: what it serves, and which event said so."""
-    rollout = ("step", "steps", "status")
+    rollout = ("step", "steps", "status", "generation", "reason")
     origin = {"event": event.get("event"), "ts": event.get("ts"),
               "revision": event.get("revision"), "source": event.get("source")}
     origin.update({k: state[k] for k in rollout if k in state})
@@ -135,13 +139,15 @@ def fleet_in_force(events: Iterable[Mapping[str, Any]], at: str) -> dict[str, An
     (its own applies) with the rollout weights any leader set by ``at``. None when no
     replica had applied a config by then. Pure."""
     events = list(events)
-    rollouts = [e for e in events if e.get("event") in ROLLOUT_EVENTS]
     replicas = sorted({str(e["replica"]) for e in events
                        if e.get("event") == "applied" and e.get("replica")})
     out = {}
     for replica in replicas:
-        own = [e for e in events if e.get("replica") == replica and e.get("event") == "applied"]
-        merged = sorted(own + rollouts, key=lambda e: str(e.get("ts")))  # stable: file order
+        # Its own applies and every rollout event, in stream order (ts, then position).
+        merged = [e for _, _, e in sorted(
+            (str(e.get("ts")), i, e) for i, e in enumerate(events)
+            if e.get("event") in ROLLOUT_EVENTS or
+            (e.get("event") == "applied" and e.get("replica") == replica))]
         live = in_force(merged, at)
         if live is not None:
             out[replica] = live

@@ -255,6 +255,7 @@ class Controller:
                                              route.rollout.canary: state.weight},
                                  "step": state.step, "steps": len(route.rollout.steps),
                                  "status": state.status, "generation": state.generation,
+                                 "rollout": route.rollout.key,
                                  **({"reason": state.reason} if state.reason else {})}},
                              "errors": [], "evidence": evidence})
         log.info("rollout %s: %s (canary %s%%, %s%s)", route.name, event, state.weight,

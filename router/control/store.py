@@ -39,11 +39,11 @@ HISTORY_MAXLEN = 100_000
 # KEYS: rollouts hash, leader key. ARGV: route, expected generation, new state JSON,
 # "1" when the writer must hold the lease, replica id, channel.
 _CAS = """
+if ARGV[4] == '1' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return -1 end
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 local generation = 0
 if current then generation = tonumber(cjson.decode(current)['generation']) or 0 end
 if generation ~= tonumber(ARGV[2]) then return 0 end
-if ARGV[4] == '1' and redis.call('GET', KEYS[2]) ~= ARGV[5] then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('PUBLISH', ARGV[6], ARGV[1])
 return 1
@@ -108,12 +108,14 @@ class FleetStore:
 
     # -- the lease ---------------------------------------------------------------------------
 
-    async def hold_lease(self, lease_s: float, held: bool) -> bool | None:
+    async def hold_lease(self, lease_s: float) -> bool | None:
         """Take the lease if free, renew it if ours; True when ours now, None unreachable."""
         ms = int(lease_s * 1000)
 
         async def attempt() -> bool:
-            if held and await self._renew(keys=[self.key("leader")], args=[self.replica, ms]):
+            # Renew first, also when this replica believes it lost the lease: a key that
+            # still names it is its own (say, a renewal answered after its deadline).
+            if await self._renew(keys=[self.key("leader")], args=[self.replica, ms]):
                 return True
             return bool(await self._redis.set(self.key("leader"), self.replica, nx=True, px=ms))
         return await self.call("lease", attempt(), None)
@@ -197,7 +199,8 @@ class FleetStore:
         async def write() -> bool:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for request_id, value in entries.items():
-                    pipe.set(self.key(f"attr:{request_id}"), value, ex=int(ttl_s))
+                    pipe.set(self.key(f"attr:{request_id}"), value,
+                             px=max(1, int(ttl_s * 1000)))
                 await pipe.execute()
             return True
         return await self.call("attribute", write(), False)

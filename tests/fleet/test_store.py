@@ -90,59 +90,61 @@ async def bounded(op: Awaitable[Any]) -> Any:
 
 async def test_first_replica_takes_the_lease_the_second_cannot(stores: Stores) -> None:
     a, b = stores("a"), stores("b")
-    assert await a.hold_lease(10, held=False) is True
-    assert await b.hold_lease(10, held=False) is False
-    assert await b.hold_lease(10, held=True) is False   # believing it holds changes nothing
+    assert await a.hold_lease(10) is True
+    assert await b.hold_lease(10) is False
+    assert await b.hold_lease(10) is False   # believing it holds changes nothing
     assert await a.leader() == "a" and await b.leader() == "a"
 
 
 async def test_holder_renews_and_extends(stores: Stores, raw: aioredis.Redis) -> None:
     a = stores("a")
-    assert await a.hold_lease(1, held=False) is True
+    assert await a.hold_lease(1) is True
     assert 0 < await raw.pttl(key("leader")) <= 1000
-    assert await a.hold_lease(30, held=True) is True
+    assert await a.hold_lease(30) is True
     assert 10_000 < await raw.pttl(key("leader")) <= 30_000
     assert await a.leader() == "a"
 
 
-async def test_holder_not_knowing_it_holds_cannot_take_it_again(stores: Stores) -> None:
-    # a replica that forgot it leads (deposed on a timeout) waits for its own lease to expire
-    a = stores("a")
-    assert await a.hold_lease(10, held=False) is True
-    assert await a.hold_lease(10, held=False) is False
+async def test_a_holder_that_forgot_it_leads_renews_its_own_lease(stores: Stores) -> None:
+    # a replica deposed on a timeout whose key still names it takes it back at once (the
+    # fleet is not left without an acting leader until the key expires); others cannot
+    a, b = stores("a"), stores("b")
+    assert await a.hold_lease(10) is True
+    assert await a.hold_lease(10) is True
+    assert await b.hold_lease(10) is False
 
 
 async def test_non_holder_renew_does_nothing(stores: Stores, raw: aioredis.Redis) -> None:
     a, b = stores("a"), stores("b")
-    assert await a.hold_lease(5, held=False) is True
-    assert await b.hold_lease(60, held=True) is False
+    assert await a.hold_lease(5) is True
+    assert await b.hold_lease(60) is False
     assert 0 < await raw.pttl(key("leader")) <= 5000
     assert await raw.get(key("leader")) == b"a"
 
 
 async def test_release_only_by_the_holder(stores: Stores) -> None:
     a, b = stores("a"), stores("b")
-    assert await a.hold_lease(10, held=False) is True
+    assert await a.hold_lease(10) is True
     await b.release_lease()
     assert await a.leader() == "a"
     await a.release_lease()
     assert await a.leader() is None
-    assert await b.hold_lease(10, held=False) is True
+    assert await b.hold_lease(10) is True
     assert await a.leader() == "b"
 
 
 async def test_expired_lease_is_taken_by_another(stores: Stores) -> None:
     a, b = stores("a"), stores("b")
-    assert await a.hold_lease(1, held=False) is True
+    assert await a.hold_lease(1) is True
     taken_at = time.monotonic()
-    assert await b.hold_lease(1, held=False) is False
+    assert await b.hold_lease(1) is False
     deadline = taken_at + 3.0
-    while not await b.hold_lease(1, held=False):
+    while not await b.hold_lease(1):
         assert time.monotonic() < deadline, "the lease never expired"
         await asyncio.sleep(0.05)
     assert time.monotonic() - taken_at >= 0.9   # not before the lease ran out
     assert await a.leader() == "b"
-    assert await a.hold_lease(1, held=True) is False   # the old holder cannot renew it
+    assert await a.hold_lease(1) is False   # the old holder cannot renew it
 
 
 # -- rollout state: compare-and-set -------------------------------------------------------------
@@ -185,7 +187,7 @@ async def test_compare_and_set(stores: Stores, raw: aioredis.Redis, stored: int 
     if stored is not None:
         await raw.hset(key("rollouts"), "fraud", orjson.dumps(state(stored)))
     if holder is not None:
-        assert await replicas[holder].hold_lease(10, held=False) is True
+        assert await replicas[holder].hold_lease(10) is True
     store = replicas[writer]
     pubsub = raw.pubsub()
     await pubsub.subscribe(store.channel)
@@ -209,7 +211,7 @@ async def test_compare_and_set(stores: Stores, raw: aioredis.Redis, stored: int 
 
 async def test_successive_writes_walk_the_generations(stores: Stores) -> None:
     a = stores("a")
-    assert await a.hold_lease(10, held=False) is True
+    assert await a.hold_lease(10) is True
     for generation in range(1, 4):
         assert await a.write_rollout("fraud", state(generation, weight=generation * 10),
                                      generation - 1, as_leader=True) == WRITTEN
@@ -301,8 +303,8 @@ async def test_unreachable_store_leads_until_the_lease_runs_out(
 
 # (id, call, its fallback, the word of ``health`` naming it)
 CALLS: list[tuple[str, Callable[[FleetStore], Awaitable[Any]], Any, str]] = [
-    ("hold_lease", lambda s: s.hold_lease(10, held=False), None, "lease"),
-    ("renew_lease", lambda s: s.hold_lease(10, held=True), None, "lease"),
+    ("hold_lease", lambda s: s.hold_lease(10), None, "lease"),
+    ("renew_lease", lambda s: s.hold_lease(10), None, "lease"),
     ("leader", lambda s: s.leader(), None, "leader"),
     ("release", lambda s: s.release_lease(), None, "release"),
     ("rollouts", lambda s: s.rollouts(), None, "read rollouts"),
@@ -347,11 +349,11 @@ async def test_stalled_store_times_out_instead_of_hanging(stores: Stores,
     """A Redis that accepts connections but never answers (SIGSTOP): bounded by the socket
     timeout, not by the OS."""
     a = stores("a")
-    assert await a.hold_lease(10, held=False) is True
+    assert await a.hold_lease(10) is True
     assert redis_server.pid is not None
     os.kill(redis_server.pid, signal.SIGSTOP)
     try:
-        for call, fallback in [(a.hold_lease(10, held=True), None),
+        for call, fallback in [(a.hold_lease(10), None),
                                (a.write_rollout("fraud", state(1), 0, as_leader=True),
                                 UNREACHABLE)]:
             started = time.monotonic()
@@ -410,9 +412,6 @@ async def test_attribution_waits_out_a_dead_store(stores: Stores, redis_server: 
     assert [await there.find(r) for r in ("req-1", "req-2")] == [SERVED, SERVED]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: router/control/store.py attribute() passes "
-                   "ex=int(ttl_s): a feedback_ttl_s below 1 (accepted by config) becomes "
-                   "EX 0, which Redis refuses, so every batch fails and stays pending")
 async def test_sub_second_ttl_is_still_written(stores: Stores) -> None:
     here, there = Attribution(stores("a"), ttl_s=0.5), Attribution(stores("b"))
     here.exchange(exchange("req-1"))
