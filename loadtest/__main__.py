@@ -9,6 +9,11 @@ loadtest/results/<stamp>.json.
 
 Load: wrk with a Lua POST script when installed (max throughput), and a built-in asyncio
 generator for fixed-rate latency (1,000 req/s) and for the smoke run.
+
+router_fleet is router_full plus a ``fleet:`` block whose store is a redis-server this runner
+starts on a free 127.0.0.1 port (on CPU 1, beside the upstreams); it is skipped, with a
+message, where redis-server is missing. After each fleet run the runner counts the
+attribution keys the router wrote and checks they cover every answered request.
 """
 
 from __future__ import annotations
@@ -136,7 +141,9 @@ REGISTRY = {
 
 
 def router_config(folder: Path, port: int, ups: list[int], *, log: bool = True,
-                  shadow: float = 0, shadow_port: int | None = None) -> Path:
+                  shadow: float = 0, shadow_port: int | None = None,
+                  fleet: tuple[str, str] | None = None) -> Path:
+    """router.yaml for a scenario; ``fleet`` is (fleet name, redis:// store URL)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "registry.yaml").write_text(yaml.safe_dump(REGISTRY, sort_keys=False))
     route: dict[str, Any] = {
@@ -156,6 +163,8 @@ def router_config(folder: Path, port: int, ups: list[int], *, log: bool = True,
            "registry": "registry.yaml", "state_dir": "state",
            "prediction_log": {"dir": "logs", "payloads": "full", "enabled": log},
            "routes": [route]}
+    if fleet:  # no rollout in this config, so no Prometheus is needed
+        doc["fleet"] = {"name": fleet[0], "store": fleet[1]}
     path = folder / "router.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -290,6 +299,42 @@ class Bench:
         self.script = self.tmp / "post.lua"
         self.script.write_text(WRK_LUA.format(body=BODY.decode()))
         self.use_wrk = shutil.which("wrk") is not None and not args.smoke
+        self.redis: Proc | None = None
+        self.fleets: dict[int, str] = {}   # router port -> its fleet name
+
+    def start_redis(self) -> bool:
+        """A throwaway redis-server for router_fleet (no persistence); False when missing."""
+        exe = shutil.which("redis-server")
+        if exe is None:
+            return False
+        port = free_port()
+        self.redis = Proc(pinned(1, [exe, "--port", str(port), "--bind", "127.0.0.1",
+                                     "--save", "", "--appendonly", "no"]), port)
+        return True
+
+    def redis_client(self) -> Any:
+        import redis  # the runner's own client; the router has its own (redis.asyncio)
+        assert self.redis is not None
+        return redis.Redis(host="127.0.0.1", port=self.redis.port, socket_timeout=10)
+
+    def attribution_keys(self, fleet: str) -> int:
+        """Feedback attributions of ``fleet`` in the store (SCAN, not KEYS)."""
+        client = self.redis_client()
+        try:
+            return sum(1 for _ in client.scan_iter(match=f"model-router:{fleet}:attr:*",
+                                                   count=10_000))
+        finally:
+            client.close()
+
+    def forget_fleet(self) -> int:
+        """Keys in the store (DBSIZE), then FLUSHDB so every fleet run starts empty."""
+        client = self.redis_client()
+        try:
+            size = int(client.dbsize())
+            client.flushdb()
+            return size
+        finally:
+            client.close()
 
     def start_upstreams(self) -> None:
         for delay in (0, 0, 0, 200):
@@ -331,9 +376,15 @@ class Bench:
                 argv = ["taskset", "-c", f"0-{(os.cpu_count() or 1) - 1}", *argv]
             return Proc(argv, port)
         shadow = {"router_shadow10": 10, "router_shadow100": 100, "router_slow_shadow": 100}
+        fleet = None
+        if name == "router_fleet":
+            assert self.redis is not None
+            self.fleets[port] = f"bench-{port}"
+            fleet = (self.fleets[port], f"redis://127.0.0.1:{self.redis.port}/0")
         config = router_config(self.tmp / f"{name}-{port}", port, self.up_ports,
                                log=name != "router_nolog", shadow=shadow.get(name, 0),
-                               shadow_port=slow if name == "router_slow_shadow" else None)
+                               shadow_port=slow if name == "router_slow_shadow" else None,
+                               fleet=fleet)
         argv = [py, "-m", "router.cli", "--log-level", "WARNING", "serve", "-c", str(config)]
         return Proc(pinned(0, argv), port)
 
@@ -349,11 +400,17 @@ class Bench:
             for name in names:
                 proc = self.proxy(name)
                 port = proc.port if proc else self.up_ports[0]
+                fleet = self.fleets.get(proc.port) if proc else None
+                redis_pid = self.redis.pid if fleet and self.redis else None
                 try:
-                    self.load(port, 1.0)  # warm-up: connections, caches, JIT-free paths
+                    # warm-up: connections, caches, JIT-free paths
+                    _, warm, warm_errors = self.load(port, 1.0)
                     before = cpu_seconds(proc.pid) if proc else 0.0
+                    redis_before = cpu_seconds(redis_pid) if redis_pid else 0.0
                     rps, total, errors = self.load(port)
                     spent = cpu_seconds(proc.pid) - before if proc else 0.0
+                    redis_spent = cpu_seconds(redis_pid) - redis_before if redis_pid else 0.0
+                    live = self.attribution_keys(fleet) if fleet else 0
                 finally:
                     if proc:
                         proc.stop()
@@ -362,8 +419,37 @@ class Bench:
                 r.errors += errors
                 if proc and total:
                     r.cpu_us.append(spent / total * 1e6)
-                print(f"  {name:<20} {rps:>9.0f} req/s  errors {errors}", flush=True)
+                line = f"  {name:<20} {rps:>9.0f} req/s  errors {errors}"
+                if fleet:
+                    errors = self.check_attributions(r, fleet, warm + total,
+                                                     warm_errors + errors, live,
+                                                     redis_spent / max(total, 1) * 1e6)
+                    r.errors += errors
+                    line += "  " + r.extra["lines"][-1]
+                print(line, flush=True)
         return results
+
+    def check_attributions(self, r: Result, fleet: str, answered: int, failed: int,
+                           live: int, redis_us: float) -> int:
+        """Count ``fleet``'s attribution keys after its router stopped (its last batch is
+        flushed on shutdown); 1 error when fewer than the requests answered with 200."""
+        keys = self.attribution_keys(fleet)
+        size = self.forget_fleet()
+        # wrk counts the requests it completed; the router may also have answered a few that
+        # were in flight when wrk stopped, so keys may exceed the count, never fall short.
+        need = answered - failed
+        ok = keys >= need
+        x = r.extra
+        for key, value in (("attribution_keys", keys), ("answered", need),
+                           ("keys_before_stop", live), ("dbsize", size),
+                           ("redis_cpu_us_per_request", redis_us)):
+            x.setdefault(key, []).append(value)
+        x.setdefault("lines", []).append(
+            f"redis: {keys} attribution keys for {need} answered"
+            f"{'' if ok else ' - MISSING ' + str(need - keys)}"
+            f" ({live} before the router stopped), dbsize {size}, redis CPU "
+            f"{redis_us:.1f} us/req")
+        return 0 if ok else 1
 
     def latency(self, names: list[str], rate: float, count: int) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, list[float]]] = {n: {"p50": [], "p99": [], "p999": []}
@@ -446,11 +532,21 @@ class Bench:
     def close(self) -> None:
         for u in self.ups:
             u.stop()
+        if self.redis is not None:
+            self.redis.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and b == b else "n/a"
+
+
+def spread(ratios: list[float]) -> str:
+    """Per-round ratios: median, range and the values in round order."""
+    if not ratios:
+        return "n/a"
+    return (f"median {statistics.median(ratios):.2f}x, {min(ratios):.2f}-{max(ratios):.2f} "
+            f"({', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 def main() -> int:
@@ -475,7 +571,8 @@ def main() -> int:
                                           "load": "wrk" if bench.use_wrk else "asyncio"}}
     try:
         bench.start_upstreams()
-        names = ["router_full", "router_nolog", "router_shadow10", "router_shadow100"]
+        names = ["router_full", "router_fleet", "router_nolog", "router_shadow10",
+                 "router_shadow100"]
         if not args.smoke:
             names = ["direct", "naive", "naive_mirror"] + names
             if shutil.which("nginx"):
@@ -486,11 +583,20 @@ def main() -> int:
             names += ["router_w1", "router_w2"]
         if args.only:
             names = [n for n in args.only.split(",") if n]
+        if "router_fleet" in names and not bench.start_redis():
+            print("redis-server not installed: router_fleet skipped (apt-get install redis-server)")
+            names.remove("router_fleet")
         print("throughput (50 connections, 311-byte POST, split 95/5 + sticky):")
         tp = bench.throughput(names)
         report["throughput"] = {n: {"rps": r.rps, "median_rps": r.median(),
-                                    "cpu_us_per_request": r.cpu(), "errors": r.errors}
+                                    "cpu_us_per_request": r.cpu(), "errors": r.errors,
+                                    **{k: v for k, v in r.extra.items() if k != "lines"}}
                                 for n, r in tp.items()}
+        if "router_fleet" in tp and "router_full" in tp:
+            on, off = tp["router_fleet"], tp["router_full"]
+            report["fleet_vs_full"] = {
+                "rps_ratio_per_round": [a / b for a, b in zip(on.rps, off.rps)],
+                "cpu_ratio_per_round": [a / b for a, b in zip(on.cpu_us, off.cpu_us)]}
         if not args.smoke and not args.skip_latency:
             print("latency at 1,000 req/s:")
             report["latency_1000rps"] = bench.latency(["direct", "router_full"], 1000, 5000)
@@ -518,6 +624,15 @@ def main() -> int:
             extra.append(f"{ratio(med[n], med['nginx_mirror'])} vs nginx_mirror")
         if n == "router_w2" and "router_w1" in med:
             extra.append(f"{ratio(med[n], med['router_w1'])} vs router_w1")
+        if n == "router_fleet" and "router_full" in med:
+            f = report["fleet_vs_full"]
+            rr, cr = f["rps_ratio_per_round"], f["cpu_ratio_per_round"]
+            extra.append(f"{ratio(med[n], med['router_full'])} vs router_full, CPU "
+                         f"{ratio(cpu[n], cpu['router_full'])}; per round "
+                         f"{spread(rr)}, CPU {spread(cr)}")
+            t = report["throughput"][n]
+            extra.append(f"redis keys {sum(t['attribution_keys'])} for "
+                         f"{sum(t['answered'])} answered")
         if n == "router_full" and "router_nolog" in med:
             extra.append(f"log cost {100 * (1 - med[n] / med['router_nolog']):.1f}%")
         print(f"{n:<20} {med[n]:>9.0f} {cpu[n]:>11.1f}  {'; '.join(extra)}")
