@@ -85,12 +85,16 @@ class Attribution:
         batch, self._pending = self._pending, []
         entries = {rid: orjson.dumps({"route": s.route, "version": s.version,
                                       "revision": s.revision}) for rid, s in batch}
-        if not await self.remote.attribute(entries, self.ttl_s):
-            self._pending = batch + self._pending
-            excess = len(self._pending) - PENDING_MAX
-            if excess > 0:
-                del self._pending[:excess]
-                self.dropped += excess
+        written = False
+        try:
+            written = await self.remote.attribute(entries, self.ttl_s)
+        finally:  # on failure, or cancelled mid-write (shutdown): keep the batch for a retry
+            if not written:
+                self._pending = batch + self._pending
+                excess = len(self._pending) - PENDING_MAX
+                if excess > 0:
+                    del self._pending[:excess]
+                    self.dropped += excess
 
     async def run(self) -> None:
         """Flush every ``FLUSH_S``, or at once when a batch is full; runs until cancelled."""
