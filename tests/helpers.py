@@ -7,6 +7,7 @@ imports what it uses from here and never from another test module.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import struct
@@ -197,6 +198,25 @@ def scorer(score: float, delay: float = 0.0, model_version: str = "1.0.0",
             await asyncio.sleep(delay)
         return web.Response(body=orjson.dumps(v2_answer([score], model_version)),
                             content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/m/infer", infer)
+    return app
+
+
+def flaky(every: int | None, delay: float = 0.0) -> web.Application:
+    """A V2 model at ``/m/infer`` failing one request in ``every`` (deterministically) with a
+    500, after ``delay``."""
+    counter = itertools.count(1)
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        if delay:
+            await asyncio.sleep(delay)
+        if every and next(counter) % every == 0:
+            return web.Response(status=500, text="boom")
+        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
+                                               "datatype": "FP64", "data": [0.2]}]})
 
     app = web.Application()
     app.router.add_post("/m/infer", infer)

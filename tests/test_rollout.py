@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 from helpers import (
     Clock,
     admin_url,
     base_route,
+    flaky,
     rewrite,
     rollout_route,
     url,
@@ -25,24 +24,6 @@ from router.config import load_snapshot
 from router.control.evidence import Arm
 from router.control.judge import check_error_rate, check_latency
 from router.errors import ConfigError
-
-
-def flaky(every: int | None, delay: float = 0.0) -> web.Application:
-    """An upstream failing one request in ``every`` (deterministically), after ``delay``."""
-    counter = itertools.count(1)
-
-    async def infer(request: web.Request) -> web.Response:
-        await request.read()
-        if delay:
-            await asyncio.sleep(delay)
-        if every and next(counter) % every == 0:
-            return web.Response(status=500, text="boom")
-        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
-                                               "datatype": "FP64", "data": [0.2]}]})
-
-    app = web.Application()
-    app.router.add_post("/m/infer", infer)
-    return app
 
 
 async def send(client, app, n: int, concurrency: int = 20) -> dict[str, int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import socket
 import sys
@@ -16,6 +15,7 @@ from helpers import (
     ROOT,
     Served,
     echo_versions,
+    flaky,
     free_port,
     rewrite,
     rollout_route,
@@ -126,31 +126,14 @@ async def test_two_workers(tmp_path: Path, upstreams, client) -> None:
     assert len([r for r in iter_records(tmp_path / "logs") if r["role"] == "primary"]) == sent
 
 
-def _flaky(every: int | None) -> Any:
-    """A V2 model at ``/m/infer`` failing one request in ``every`` with a 500."""
-    from aiohttp import web
-    counter = itertools.count(1)
-
-    async def infer(request: web.Request) -> web.Response:
-        await request.read()
-        if every and next(counter) % every == 0:
-            return web.Response(status=500, text="boom")
-        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
-                                               "datatype": "FP64", "data": [0.2]}]})
-
-    app = web.Application()
-    app.router.add_post("/m/infer", infer)
-    return app
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("every, outcome", [(500, "promoted"), (5, "rolled_back")],
                          ids=["healthy-canary-promoted", "failing-canary-rolled-back"])
 async def test_two_workers_run_a_rollout(tmp_path: Path, upstreams, client, every: int,
                                          outcome: str) -> None:
     """The supervisor judges the sum of both workers' traffic; both serve its weights."""
-    v1 = await upstreams.start(_flaky(500))
-    v2 = await upstreams.start(_flaky(every))
+    v1 = await upstreams.start(flaky(500))
+    v2 = await upstreams.start(flaky(every))
     port, admin = free_port(), free_port()
     path = write_config(tmp_path, [rollout_route(v1, v2, steps=[20, 100], step_min_s=1,
                                                  step_min_requests=100)],

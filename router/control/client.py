@@ -43,14 +43,8 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
                                          data=b"{}", method="POST",
                                          headers={**headers,
                                                   "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            body = orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+    body = _ask(request, base)
+    if body is None:
         return 1
     if action != "status":
         print_json(body)
@@ -66,18 +60,24 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
     return 0
 
 
+def _ask(request: urllib.request.Request, base: str) -> Any:
+    """The admin API's JSON answer; None (said on stderr) when it refused or is unreachable."""
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+    return None
+
+
 def fleet_command(config: str, admin: str | None = None, as_json: bool = False) -> int:
     """``model-router fleet status``: ``GET /-/fleet`` of the replica at ``admin`` (or the
     config's admin port) and print it."""
     base = admin or admin_of(config)[0]
-    try:
-        with urllib.request.urlopen(f"{base}/-/fleet", timeout=10) as resp:
-            body = orjson.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+    body = _ask(urllib.request.Request(f"{base}/-/fleet"), base)
+    if body is None:
         return 1
     if as_json:
         print_json(body)

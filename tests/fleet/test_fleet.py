@@ -8,7 +8,6 @@ run with ``-s`` to see it.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -17,29 +16,12 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 from fleetctl import ROOT, Fleet, Traffic, Watch
-from helpers import rollout_route, write_config
+from helpers import flaky, rollout_route, write_config
 
 pytestmark = pytest.mark.slow
 
 LEASE_S = 3
-
-
-def model(every: int | None = None) -> web.Application:
-    """A V2 model at ``/m/infer``; fails one request in ``every`` with a 500."""
-    counter = itertools.count(1)
-
-    async def infer(request: web.Request) -> web.Response:
-        await request.read()
-        if every and next(counter) % every == 0:
-            return web.Response(status=500, text="boom")
-        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
-                                               "datatype": "FP64", "data": [0.2]}]})
-
-    app = web.Application()
-    app.router.add_post("/m/infer", infer)
-    return app
 
 
 def fleet_config(tmp_path: Path, v1: str, v2: str, redis_url: str, prometheus_url: str,
@@ -99,8 +81,8 @@ async def rollout_of(fleet: Fleet) -> dict[str, Any]:
 
 async def test_a_rollout_walks_every_step_on_every_replica_through_a_leader_kill(
         tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
-    v1 = await upstreams.start(model(200))
-    v2 = await upstreams.start(model(200))
+    v1 = await upstreams.start(flaky(200))
+    v2 = await upstreams.start(flaky(200))
     fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
                                         prometheus_server.url))
     traffic = Traffic(fleet, rate=120)
@@ -204,8 +186,8 @@ async def _status(fleet: Fleet, status: str) -> bool:
 
 async def test_a_failing_canary_is_rolled_back_on_every_replica(
         tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
-    v1 = await upstreams.start(model(200))   # 0.5 % errors
-    v2 = await upstreams.start(model(4))     # 25 % errors
+    v1 = await upstreams.start(flaky(200))   # 0.5 % errors
+    v2 = await upstreams.start(flaky(4))     # 25 % errors
     fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
                                         prometheus_server.url, steps=[50, 100],
                                         step_min_s=60))
@@ -229,8 +211,8 @@ async def test_a_failing_canary_is_rolled_back_on_every_replica(
 
 async def test_redis_down_and_back_under_load_fails_no_request(
         tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
-    v1 = await upstreams.start(model())
-    v2 = await upstreams.start(model())
+    v1 = await upstreams.start(flaky(None))
+    v2 = await upstreams.start(flaky(None))
     fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
                                         prometheus_server.url, step_min_s=600))
     await until(lambda: _at_step(fleet, 0), 10)
@@ -283,8 +265,8 @@ def _value(text: str, metric: str, **labels: str) -> float:
 
 async def test_feedback_to_other_replicas_and_sticky_users_agree(
         tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
-    v1 = await upstreams.start(model())
-    v2 = await upstreams.start(model())
+    v1 = await upstreams.start(flaky(None))
+    v2 = await upstreams.start(flaky(None))
     fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
                                         prometheus_server.url, steps=[50, 100],
                                         step_min_s=600))
@@ -338,8 +320,8 @@ async def test_feedback_to_other_replicas_and_sticky_users_agree(
 
 async def test_prometheus_down_holds_the_rollout_until_it_returns(
         tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
-    v1 = await upstreams.start(model(200))
-    v2 = await upstreams.start(model(4))     # 25 % errors: rolled back once judged
+    v1 = await upstreams.start(flaky(200))
+    v2 = await upstreams.start(flaky(4))     # 25 % errors: rolled back once judged
     fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
                                         prometheus_server.url, steps=[50, 100],
                                         step_min_s=60))
@@ -369,8 +351,8 @@ async def test_prometheus_down_holds_the_rollout_until_it_returns(
 
 async def test_a_command_to_any_replica_and_fleet_status(
         tmp_path: Path, upstreams, redis_server, prometheus_server, fleet_of) -> None:
-    v1 = await upstreams.start(model())
-    v2 = await upstreams.start(model())
+    v1 = await upstreams.start(flaky(None))
+    v2 = await upstreams.start(flaky(None))
     fleet = await fleet_of(fleet_config(tmp_path, v1, v2, redis_server.url,
                                         prometheus_server.url, step_min_s=600))
     await until(lambda: _at_step(fleet, 0), 10)
