@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..config import Fleet, Live, Snapshot
@@ -162,19 +162,25 @@ class FleetMember:
     # -- the loops -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Every loop of the member, until cancelled."""
-        await asyncio.gather(self._lease_loop(), self._poll_loop(), self._watch_loop(),
-                             self._heartbeat_loop(), self._history_loop())
+        """Every loop of the member, until cancelled; one failing round never ends a loop."""
+        await asyncio.gather(
+            self._every("lease", self.hold_lease, lambda: self.fleet.lease_s / 3),
+            self._every("sync", self.sync, lambda: SYNC_S),
+            self._every("heartbeat", self._heartbeat, lambda: HEARTBEAT_S),
+            self._every("history", self._history_round, lambda: 0.0),
+            self._watch_loop())
 
-    async def _lease_loop(self) -> None:
+    async def _every(self, name: str, round_: Callable[[], Awaitable[None]],
+                     pause: Callable[[], float]) -> None:
         while True:
-            await self.hold_lease()
-            await asyncio.sleep(self.fleet.lease_s / 3)
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await self.sync()
-            await asyncio.sleep(SYNC_S)
+            try:
+                await round_()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the fleet's loops must outlive a bad round
+                log.exception("fleet %s: %s round failed", self.fleet.name, name)
+                await asyncio.sleep(SYNC_S)
+            await asyncio.sleep(pause())
 
     async def _watch_loop(self) -> None:
         """Sync at once on every published change; resubscribe after a failure."""
@@ -197,20 +203,17 @@ class FleetMember:
                     pass
             await asyncio.sleep(SYNC_S)
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await self.store.heartbeat(self.heartbeat())
-            if self.leading():
-                await self._forget_gone()
-            await asyncio.sleep(HEARTBEAT_S)
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(self.heartbeat())
+        if self.leading():
+            await self._forget_gone()
 
-    async def _history_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await self._flush_history()
-            if self._history:  # the store is down: retry in a second
-                await asyncio.sleep(SYNC_S)
+    async def _history_round(self) -> None:
+        await self._wake.wait()
+        self._wake.clear()
+        await self._flush_history()
+        if self._history:  # the store is down: retry in a second
+            await asyncio.sleep(SYNC_S)
 
     async def _forget_gone(self) -> None:
         """The leader drops replicas silent for 10 leases from the heartbeat table."""

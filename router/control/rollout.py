@@ -226,7 +226,11 @@ class Controller:
         their generation is newer than ours; True when one changed (the caller refreshes)."""
         changed = False
         for name, raw in stored.items():
-            theirs = RolloutState.of(raw)
+            try:
+                theirs = RolloutState.of(raw)
+            except TypeError:  # a state missing a field (another version wrote it?)
+                log.warning("rollout %s: stored state %r is incomplete; ignored", name, raw)
+                continue
             ours = self.states.get(name)
             if ours is not None and ours.generation >= theirs.generation:
                 continue

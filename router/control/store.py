@@ -140,9 +140,7 @@ class FleetStore:
     async def rollouts(self) -> dict[str, dict[str, Any]] | None:
         """Every route's stored rollout state; None when the store is unreachable."""
         raw = await self.call("read rollouts", self._redis.hgetall(self.key("rollouts")), None)
-        if raw is None:
-            return None
-        return {_text(k): orjson.loads(v) for k, v in raw.items()}
+        return None if raw is None else _documents(raw, "rollouts")
 
     async def write_rollout(self, route: str, state: Mapping[str, Any], expected: int,
                             as_leader: bool) -> str:
@@ -168,9 +166,7 @@ class FleetStore:
 
     async def replicas(self) -> dict[str, dict[str, Any]] | None:
         raw = await self.call("read replicas", self._redis.hgetall(self.key("replicas")), None)
-        if raw is None:
-            return None
-        return {_text(k): orjson.loads(v) for k, v in raw.items()}
+        return None if raw is None else _documents(raw, "replicas")
 
     async def forget_replicas(self, ids: Iterable[str]) -> None:
         ids = list(ids)
@@ -225,6 +221,21 @@ def read_history(url: str, fleet: str) -> list[dict[str, Any]]:
     finally:
         client.close()
     return [orjson.loads(fields[b"event"]) for _, fields in entries]
+
+
+def _documents(raw: Mapping[Any, Any], what: str) -> dict[str, dict[str, Any]]:
+    """A hash of JSON objects; an entry that is not one is skipped with a warning."""
+    out = {}
+    for key, value in raw.items():
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            out[_text(key)] = doc
+        else:
+            log.warning("fleet store: %s[%s] is not a JSON object; ignored", what, _text(key))
+    return out
 
 
 def _text(value: Any) -> str:

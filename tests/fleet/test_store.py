@@ -453,3 +453,14 @@ async def test_revision_files_are_stored_once(stores: Stores, raw: aioredis.Redi
     assert await raw.hgetall(key("revision:0123456789ab")) == {
         b"router.yaml": b"routes: []\n", b"registry.yaml": b"models: {}\n"}
     assert await raw.ttl(key("revision:0123456789ab")) == -1   # kept for audits
+
+
+async def test_malformed_entries_in_the_store_are_skipped(stores: Stores,
+                                                          raw: aioredis.Redis) -> None:
+    a = stores("a")
+    assert await a.write_rollout("fraud", state(1), 0, as_leader=False) == "written"
+    await raw.hset(key("rollouts"), mapping={"bad-json": b"{not json", "a-list": b"[1, 2]"})
+    await raw.hset(key("replicas"), mapping={"r9": b"\xff\xfe"})
+    assert list(await a.rollouts() or {}) == ["fraud"]
+    assert await a.replicas() == {}
+    assert a.health == "ok"
