@@ -27,6 +27,7 @@ DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
                     2.5, 5.0, 10.0)
 UNMATCHED = "_unmatched"
 OUTCOME_NAMES = 32
+ROLLOUT_CODES = ("200", "500", "502", "503", "504")  # created at 0 for rollout evidence
 _OUTCOME_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 # The *_created series double the exposition for no use in dashboards or alerts.
@@ -159,6 +160,19 @@ class Metrics:
                 else:
                     names.add(name)
             self.count(self.outcomes_total, route, version, name, "true" if value else "false")
+
+    def rollout_series(self, route: str, baseline: str, canary: str,
+                       outcome: str | None) -> None:
+        """Create a rollout's evidence series at 0 before any traffic: Prometheus's
+        ``increase()`` misses the first count of a series that appears inside a window."""
+        for version in (baseline, canary):
+            for code in ROLLOUT_CODES:
+                self.requests.labels(route, version, "primary", code)
+            self.duration.labels(route, version, "primary")
+            for value in ("true", "false") if outcome else ():
+                self.outcomes_total.labels(route, version, outcome, value)
+        for result in ("match", "mismatch"):
+            self.shadow_comparisons.labels(route, canary, result)
 
     def observer_error(self, observer: str) -> None:
         self.count(self.observer_errors, observer)

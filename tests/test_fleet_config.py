@@ -339,3 +339,18 @@ def test_adopt_leaves_routes_not_in_the_store(tmp_path: Path) -> None:
     assert c.adopt({"fraud": state(1).public()}) is True
     assert sorted(c.states) == ["fraud", "other"] and c.states["other"].generation == 4
     assert c.adopt({}) is False
+
+
+@pytest.mark.parametrize("field, value", [
+    ("generation", "7"), ("generation", True), ("step", 1.5), ("weight", "50"),
+    ("status", None), ("key", 3), ("window_start", "soon"), ("reference", [1, 2])],
+    ids=lambda v: repr(v))
+def test_adopt_skips_a_stored_state_of_the_wrong_types(tmp_path: Path, field: str,
+                                                       value: Any) -> None:
+    c = controller(tmp_path)
+    c.states["fraud"] = state(3, weight=10.0)
+    stored = {"fraud": {**state(9, weight=50.0).public(), field: value}}
+    with pytest.raises(TypeError):
+        RolloutState.of(stored["fraud"])
+    assert c.adopt(stored) is False
+    assert c.states["fraud"] == state(3, weight=10.0)  # a corrupt entry never wedges ours

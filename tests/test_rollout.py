@@ -277,3 +277,42 @@ async def test_too_little_evidence_holds_then_pauses_no_evidence(
         event = history(tmp_path)[-1]
         assert event["event"] == "paused" and event["evidence"]["no_evidence"] is True
         assert event["routes"]["fraud"]["reason"] == state.reason
+
+
+async def test_the_full_canary_step_is_judged_against_the_baseline_before_it(
+        tmp_path: Path, upstreams, start_router, client) -> None:
+    """At 100 % no request reaches the baseline: a canary failing there is still caught,
+    held to the baseline's figures of the step before (it would pass on "no data")."""
+    from aiohttp import web
+    failing = {"now": False}
+
+    async def infer(request: web.Request) -> web.Response:
+        await request.read()
+        if failing["now"]:
+            return web.Response(status=500, text="boom")
+        return web.json_response({"outputs": [{"name": "score", "shape": [1, 1],
+                                               "datatype": "FP64", "data": [0.2]}]})
+
+    canary_app = web.Application()
+    canary_app.router.add_post("/m/infer", infer)
+    v1 = await upstreams.start(flaky(None))
+    v2 = await upstreams.start(canary_app)
+    clock = Clock()
+    path = write_config(tmp_path, [rollout_route(v1, v2, steps=[50, 100],
+                                                 step_min_requests=100)])
+    app = await start_router(path, rollout_clock=clock, run_rollouts=False)
+    await send(client, app, 400)
+    clock.now += 61
+    await app.rollouts.tick()
+    state = app.rollouts.states["fraud"]
+    assert state.weight == 100 and state.status == "running"
+    assert state.reference is not None and state.reference["requests"] > 100
+    failing["now"] = True
+    assert await send(client, app, 200) == {"v2": 200}
+    clock.now += 61
+    await app.rollouts.tick()
+    state = app.rollouts.states["fraud"]
+    assert (state.status, state.weight) == ("rolled_back", 0)
+    event = history(tmp_path)[-1]
+    assert event["evidence"]["baseline"]["requests"] == state.reference["requests"]
+    assert event["evidence"]["canary"]["errors"] == 200

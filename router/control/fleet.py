@@ -233,9 +233,12 @@ class FleetMember:
                              for name, s in states.items()},
                 "leader": self.leading(), "last_seen": time.time()}
 
-    async def live_replicas(self) -> set[str]:
-        """Replicas whose heartbeat is younger than the lease (this one always)."""
-        replicas = await self.store.replicas() or {}
+    async def live_replicas(self) -> set[str] | None:
+        """Replicas whose heartbeat is younger than the lease (this one always); None when
+        the store cannot say (then no evidence window opens)."""
+        replicas = await self.store.replicas()
+        if replicas is None:
+            return None
         cutoff = time.time() - self.fleet.lease_s
         return {r for r, h in replicas.items() if h.get("last_seen", 0) >= cutoff} | \
             {self.replica}
@@ -264,6 +267,8 @@ class FleetMember:
         """Release the lease if held (a successor need not wait for it to expire)."""
         if self.leading():
             await self.store.release_lease()
-        self.deposed()
+            log.info("fleet %s: replica %s released the lease", self.fleet.name, self.replica)
+        self._renewed = self.leader_since = None
+        self.metrics.fleet_leader.set(0)
         await self._flush_history()
         await self.store.close()

@@ -36,7 +36,8 @@ def _quote(value: str) -> str:
 class PrometheusEvidence:
     immediate = False
 
-    def __init__(self, url: str, fleet: str, live_replicas: Callable[[], Awaitable[set[str]]],
+    def __init__(self, url: str, fleet: str,
+                 live_replicas: Callable[[], Awaitable[set[str] | None]],
                  on_error: Callable[[], None] = lambda: None) -> None:
         self.url = url
         self.fleet = fleet

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -30,9 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from ..config import Live, Route, Snapshot
+from ..metrics import DURATION_BUCKETS
 from ..timefmt import iso
 from .evidence import Arm, Evidence
 from .history import History
@@ -65,15 +68,33 @@ class RolloutState:
     window_start: float | None = None  # evidence counts from here (None: not every replica
     #                                    serves the step yet)
     reason: str | None = None   # why it paused, rolled back or was aborted
+    # The baseline's figures when the canary went to 100 % (then no baseline traffic is left
+    # to compare with): {"requests", "errors", "buckets"}.
+    reference: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def of(cls, raw: Mapping[str, Any]) -> RolloutState:
-        """From ``public()`` output, ignoring keys this version does not know."""
+        """From ``public()`` output, ignoring keys this version does not know; TypeError
+        when a field is missing or of the wrong type (a corrupt or foreign entry)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in names})
+        state = cls(**{k: v for k, v in raw.items() if k in names})
+        numbers = (state.weight, state.step_started, state.updated)
+        if not (isinstance(state.route, str) and isinstance(state.key, str)
+                and isinstance(state.status, str) and _integer(state.step)
+                and _integer(state.generation)
+                and all(isinstance(n, (int, float)) and not isinstance(n, bool)
+                        for n in numbers)
+                and (state.window_start is None or isinstance(state.window_start, (int, float)))
+                and (state.reference is None or isinstance(state.reference, dict))):
+            raise TypeError(f"not a rollout state: {dict(raw)!r:.300}")
+        return state
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class States(Protocol):
@@ -170,6 +191,7 @@ class Controller:
         self.refresh: Callable[[], None] | None = None  # the reloader's, set by the app
         self._last_judged: dict[str, float] = {}
         self._arms: dict[str, tuple[Arm, Arm]] = {}  # the last evidence seen, for status
+        self._series: dict[str, str] = {}  # route -> rollout key whose series exist at 0
 
     def __repr__(self) -> str:
         return f"<Controller {[(s.route, s.weight, s.status) for s in self.states.values()]}>"
@@ -193,6 +215,10 @@ class Controller:
             else:
                 weight = state.weight
             self.evidence.watch(route)
+            if self._series.get(route.name) != route.rollout.key:
+                self._series[route.name] = route.rollout.key
+                self.metrics.rollout_series(route.name, route.rollout.baseline,
+                                            route.rollout.canary, route.rollout.checks.outcome_name)
             split, bounds = route.rollout.split(weight)
             routes.append(dataclasses.replace(route, split=split, bounds=bounds))
             self.metrics.rollout_step.labels(route.name).set(weight)
@@ -279,7 +305,7 @@ class Controller:
             self.states[route.name] = new
         if new.step != old.step or new.status != old.status or new.weight != old.weight:
             self.evidence.reset(route.name)
-            self._apply()
+        self._apply()  # every stored change goes live (a supervisor sends it to its workers)
         if event is not None:
             self._event(event, route, new, evidence)
         return result
@@ -291,6 +317,10 @@ class Controller:
         """("fail" | "advance", evidence) or None (hold): pure statistics, safe in a thread."""
         rollout = route.rollout
         assert rollout is not None and state.window_start is not None
+        if state.weight >= 100 and not base.requests and state.reference is not None:
+            # No baseline traffic at 100 %: the canary is held to the baseline's figures of
+            # the step before (latency then from histograms on both sides).
+            base, canary = reference_arms(state.reference, canary)
         evidence = {"baseline": base.summary(), "canary": canary.summary(),
                     "step_elapsed_s": now - state.window_start}
         if canary.requests >= EARLY_MIN_CANARY:
@@ -303,8 +333,8 @@ class Controller:
         results = judge(rollout, base, canary, ALPHA_PROMOTE)
         if any(r["failed"] for r in results):
             return "fail", {**evidence, "alpha": ALPHA_PROMOTE, "checks": results}
-        if state.weight < 100 and any(r.get("insufficient") for r in results):
-            return None  # too little data is never a pass (at 100 % no baseline can have any)
+        if any(r.get("insufficient") for r in results):
+            return None  # too little data is never a pass
         return "advance", {**evidence, "alpha": ALPHA_PROMOTE, "checks": results}
 
     async def tick(self) -> None:
@@ -390,6 +420,12 @@ class Controller:
             new.step += 1
             new.weight = rollout.steps[new.step]
             event = "rollout_step"
+            if new.weight >= 100:
+                base = self._arms.get(route.name, (Arm(), Arm()))[0]
+                new.reference = {"requests": base.requests, "errors": base.errors,
+                                 "buckets": [["+Inf" if math.isinf(le) else le, n]
+                                             for le, n in base.buckets or
+                                             histogram(base.latencies)]}  # JSON: no inf
         await self._write(route, state, new, event, evidence)
 
     async def _fail(self, route: Route, state: RolloutState, evidence: dict[str, Any]) -> None:
@@ -466,6 +502,25 @@ class Controller:
                         "canary": route.rollout.canary, "steps": list(route.rollout.steps),
                         "evidence": {"baseline": base.summary(), "canary": canary.summary()}})
         return out
+
+
+def histogram(latencies: list[float]) -> tuple[tuple[float, float], ...]:
+    """Latency samples as cumulative (upper bound, count) buckets of the duration metric."""
+    if not latencies:
+        return ()
+    counts = np.searchsorted(np.sort(np.asarray(latencies)), DURATION_BUCKETS, side="right")
+    return (*((le, float(n)) for le, n in zip(DURATION_BUCKETS, counts)),
+            (math.inf, float(len(latencies))))
+
+
+def reference_arms(reference: Mapping[str, Any], canary: Arm) -> tuple[Arm, Arm]:
+    """(baseline from ``reference``, canary) with latency in the same (histogram) form."""
+    base = Arm(requests=int(reference.get("requests", 0)),
+               errors=int(reference.get("errors", 0)),
+               buckets=tuple((float(le), float(n)) for le, n in reference.get("buckets", ())))
+    if canary.latencies and not canary.buckets:
+        canary = dataclasses.replace(canary, latencies=[], buckets=histogram(canary.latencies))
+    return base, canary
 
 
 def _local_arms(evidence: Evidence, route: str) -> tuple[Arm, Arm]:

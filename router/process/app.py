@@ -117,6 +117,7 @@ class RouterApp(Lifecycle):
         reloader.on_applied.append(drift.configure)
         if self.worker:
             self.rollouts = follower(live, reloader, self.history, self.metrics)
+            reloader.refresh()  # serve (and report) step 0 until the supervisor's weights come
         else:
             evidence = LocalEvidence()
             self.rollouts, self.fleet = control_plane(

@@ -388,3 +388,35 @@ async def test_a_command_to_any_replica_and_fleet_status(
     for replica in fleet.live():
         mark = "*" if replica is leader else " "
         assert f" {mark} {replica.id}: revision " in out, out
+
+
+async def test_replicas_with_workers_walk_a_rollout_together(
+        tmp_path: Path, client, upstreams, redis_server, prometheus_server) -> None:
+    """Two replicas, each a supervisor with two workers: every worker reports the step
+    (Prometheus sees it through its supervisor's /metrics) and serves the leader's weights."""
+    v1 = await upstreams.start(flaky(None))
+    v2 = await upstreams.start(flaky(None))
+    fleet = Fleet(fleet_config(tmp_path, v1, v2, redis_server.url, prometheus_server.url,
+                               steps=[50, 100], step_min_s=2, step_min_requests=40),
+                  tmp_path, client)
+    replicas = [fleet.add("w1"), fleet.add("w2")]
+    prometheus_server.set_targets([f"127.0.0.1:{r.admin}" for r in replicas])
+    traffic = Traffic(fleet, rate=80)
+    try:
+        for replica in replicas:
+            await fleet.start(replica, "--workers", "2")
+        await prometheus_server.wait_for_targets_up(2, timeout=20)
+        load = asyncio.create_task(traffic.run(60))
+        try:
+            took = await until(lambda: _status(fleet, "promoted"), 50)
+        finally:
+            traffic.stop()
+            await load
+    finally:
+        await fleet.stop()
+    print(f"\n2 replicas x 2 workers: promoted {took:.1f} s after the load began; "
+          f"traffic {traffic.codes}, {len(traffic.failures)} failures")
+    steps = [(e["event"], e["routes"]["fraud"]["step"]) for e in events(redis_server.url)
+             if e.get("source") == "rollout"]
+    assert steps == [("rollout_step", 0), ("rollout_step", 1), ("promoted", 1)], steps
+    assert traffic.failures == []
