@@ -21,6 +21,7 @@ from .snapshot import (
     Rollout,
     Route,
     Shadow,
+    Ship,
     Snapshot,
     Sticky,
     Version,
@@ -28,6 +29,6 @@ from .snapshot import (
 )
 
 __all__ = ["BUCKETS", "Admin", "BlueGreen", "Checks", "Drift", "Fleet", "Limits", "Listen", "Live",
-           "Outlier", "Override", "PredictionLogSettings", "Rollout", "Route", "Shadow",
+           "Outlier", "Override", "PredictionLogSettings", "Rollout", "Route", "Shadow", "Ship",
            "Snapshot", "Sticky", "Version", "bucket_bounds", "load_snapshot", "loopback",
            "revision_of"]

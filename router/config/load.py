@@ -35,6 +35,7 @@ from .snapshot import (
     Listen,
     PayloadPolicy,
     PredictionLogSettings,
+    Ship,
     Snapshot,
 )
 
@@ -270,7 +271,7 @@ def _fleet(p: Problems, raw: Any) -> Fleet | None:
 
 def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:
     keys = ("dir", "enabled", "payloads", "redact", "max_payload_kb", "rotate_mb", "retain",
-            "flush_ms", "on_full", "block_ms")
+            "flush_ms", "on_full", "block_ms", "ship")
     spec = p.mapping("prediction_log", raw, keys) or {}
     out: dict[str, Any] = {"dir": base / LOG_DIR}
     if "dir" in spec and (d := p.string("prediction_log.dir", spec["dir"])):
@@ -299,4 +300,36 @@ def _prediction_log(p: Problems, raw: Any, base: Path) -> PredictionLogSettings:
             if retain and key in retain:
                 out[f"retain_{key}"] = p.number(join("prediction_log.retain", key),
                                                 retain[key], positive=True)
+    if "ship" in spec:
+        out["ship"] = _ship(p, spec["ship"], base)
     return PredictionLogSettings(**out)
+
+
+_SHIP_SCHEMES = ("file://", "s3://", "s3a://", "gs://", "gcs://", "az://", "abfs://",
+                 "memory://")
+
+
+def _ship(p: Problems, raw: Any, base: Path) -> Ship | None:
+    """``prediction_log.ship``: an fsspec URL (a relative ``file://`` path is relative to
+    router.yaml), options handed to the filesystem as they are, and two durations."""
+    path = "prediction_log.ship"
+    spec = p.mapping(path, raw, ("to", "storage_options", "every_s", "keep_local_hours"),
+                     required=("to",))
+    if not spec or "to" not in spec:
+        return None
+    to = p.name(join(path, "to"), spec["to"])
+    if to and not to.startswith(_SHIP_SCHEMES):
+        p.error(join(path, "to"), f"{to!r}: give a URL ({', '.join(_SHIP_SCHEMES)})")
+    elif to and to.startswith("file://") and not to.startswith("file:///"):
+        to = "file://" + str((base / to[len("file://"):]).resolve())
+    given: dict[str, Any] = {}
+    if "storage_options" in spec:
+        options = p.mapping(join(path, "storage_options"), spec["storage_options"], None)
+        given["storage_options"] = dict(options or {})
+    for key in ("every_s", "keep_local_hours"):
+        if key in spec:
+            given[key] = p.number(join(path, key), spec[key], positive=key == "every_s",
+                                  low=0)
+    if not to or None in given.values():
+        return None
+    return Ship(to=to.rstrip("/"), **given)

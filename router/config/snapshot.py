@@ -230,6 +230,16 @@ class Fleet:
     feedback_ttl_s: float = 86400.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ship:
+    """``prediction_log.ship``: closed segments to object storage (``logstore`` layout)."""
+
+    to: str                               # an fsspec URL: s3://..., gs://..., file:///...
+    storage_options: Mapping[str, Any] = field(default_factory=dict)  # to the filesystem
+    every_s: float = 60.0                 # the open segment is closed at least this often
+    keep_local_hours: float = 24.0        # shipped segments stay on local disk this long
+
+
 @dataclass(frozen=True, slots=True)
 class PredictionLogSettings:
     dir: Path                 # LOG_DIR beside router.yaml unless given
@@ -243,6 +253,7 @@ class PredictionLogSettings:
     flush_ms: float = 200
     on_full: Literal["block", "drop"] = "block"
     block_ms: float = 1000
+    ship: Ship | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import Live, Snapshot, load_snapshot
+from ..config import Live, Ship, Snapshot, load_snapshot
 from ..errors import ConfigError
 from ..metrics import Metrics
 from .history import History
@@ -34,6 +34,10 @@ RESTART_ONLY = ("listen", "admin", "prediction_log", "state_dir", "fleet")
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, Ship):  # storage_options may hold credentials: names only
+        return {"to": value.to, "every_s": value.every_s,
+                "keep_local_hours": value.keep_local_hours,
+                "storage_options": sorted(value.storage_options)}
     if isinstance(value, frozenset):
         return sorted(value)
     return value
