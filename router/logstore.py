@@ -41,10 +41,18 @@ def segment_sequence(path: Path) -> tuple[str, str] | None:
     return start, f"{pid}-{n or 0}"
 
 
+def path_safe(replica: str) -> str:
+    """A replica id as it appears in object names."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", replica) or "replica"
+
+
 def object_name(replica: str, start: str, sequence: str) -> str:
-    """``<replica>-<segment start>-<seq>.parquet``; the replica id made path-safe."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", replica) or "replica"
-    return f"{safe}-{start}-{sequence}.parquet"
+    """``<replica>-<segment start>-<seq>.parquet``."""
+    return f"{path_safe(replica)}-{start}-{sequence}.parquet"
+
+
+def history_path(to: str, replica: str) -> str:
+    return f"{to.rstrip('/')}/history/{path_safe(replica)}.jsonl"
 
 
 def partition(ts: str) -> tuple[str, str]:

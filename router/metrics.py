@@ -87,6 +87,14 @@ class Metrics:
         self.predlog_dropped = Counter("model_router_predlog_dropped_total",
                                        "Prediction log records lost (on_full: drop).",
                                        registry=r)
+        self.predlog_shipped = Counter("model_router_predlog_shipped_total",
+                                       "Prediction log records shipped to the store.",
+                                       registry=r)
+        self.predlog_ship_errors = Counter("model_router_predlog_ship_errors_total",
+                                           "Failed shipping attempts (retried).", registry=r)
+        self.predlog_unshipped_bytes = Gauge("model_router_predlog_unshipped_bytes",
+                                             "Bytes of closed or open segments not shipped.",
+                                             registry=r, multiprocess_mode="livesum")
         self.predlog_pending = Gauge("model_router_predlog_pending",
                                      "Records buffered or reserved, not yet written.",
                                      registry=r, multiprocess_mode="livesum")

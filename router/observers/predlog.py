@@ -15,6 +15,7 @@ prediction always has its record; with no slot within ``block_ms`` it is answere
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from ..config import PredictionLogSettings
+from ..logstore import marker
 from ..records import Record
 from .encode import KeyedHash, build_record, safe_line
 
@@ -51,6 +53,7 @@ class LogFiles:
         self._file: BinaryIO | None = None
         self.path: Path | None = None
         self._size = 0
+        self._opened = 0.0
 
     def __repr__(self) -> str:
         return f"<LogFiles {self.path} size={self._size}>"
@@ -65,9 +68,14 @@ class LogFiles:
             n += 1
             path = self.dir / name.replace(".jsonl", f"-{n}.jsonl")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        if self.settings.ship is not None:
+            # Held while the segment is open: the shipper takes a segment only once it can
+            # lock it exclusively (closed, or its writer is gone).
+            fcntl.flock(fd, fcntl.LOCK_SH)
         self._file = os.fdopen(fd, "ab")  # kept open across batches
         self.path = path
         self._size = 0
+        self._opened = self._wall()
         self.prune()
         return self._file
 
@@ -76,8 +84,14 @@ class LogFiles:
         f.write(data)
         f.flush()
         self._size += len(data)
-        if self._size >= self.settings.rotate_mb * 1024 * 1024:
+        if self._size >= self.settings.rotate_mb * 1024 * 1024 or self.due():
             self.close()
+
+    def due(self) -> bool:
+        """An open segment older than ``ship.every_s`` (it is closed, to be shipped)."""
+        ship = self.settings.ship
+        return ship is not None and self._file is not None and \
+            self._wall() - self._opened >= ship.every_s
 
     def close(self) -> None:
         if self._file is not None:
@@ -85,9 +99,17 @@ class LogFiles:
             self._file = None
 
     def prune(self) -> list[Path]:
-        """Delete closed files older than ``retain.days``, then oldest while over the cap."""
+        """Delete closed files older than ``retain.days``, then oldest while over the cap.
+
+        When shipping, only segments shipped (marked) at least ``keep_local_hours`` ago may
+        go: retention never deletes an unshipped segment.
+        """
         files = sorted(self.dir.glob("predictions-*.jsonl"), key=lambda p: p.stat().st_mtime)
         closed = [p for p in files if p != self.path]
+        ship = self.settings.ship
+        if ship is not None:
+            kept_until = self._wall() - ship.keep_local_hours * 3600
+            closed = [p for p in closed if _shipped_before(p, kept_until)]
         removed = []
         if self.settings.retain_days:
             horizon = self._wall() - self.settings.retain_days * 86400
@@ -106,8 +128,16 @@ class LogFiles:
                 p.unlink(missing_ok=True)
                 removed.append(p)
         for p in removed:
+            marker(p).unlink(missing_ok=True)
             log.info("retention removed %s", p.name)
         return removed
+
+
+def _shipped_before(segment: Path, ts: float) -> bool:
+    try:
+        return marker(segment).stat().st_mtime <= ts
+    except OSError:
+        return False
 
 
 # -- the writer --------------------------------------------------------------------------------
@@ -140,6 +170,9 @@ class PredictionLog:
         self.last_error: str | None = None
         self.written = 0
         self.dropped = 0
+        # Set by the shipper's owner: unshipped segments fill ``retain.max_total_gb`` (the
+        # store is down): no room, so ``on_full`` rules (block: 503; drop: counted).
+        self.store_full = False
 
     def __repr__(self) -> str:
         return (f"<PredictionLog pending={self.pending} written={self.written} "
@@ -153,8 +186,8 @@ class PredictionLog:
     # -- hot path ---------------------------------------------------------------------------
 
     def try_reserve(self) -> bool:
-        """Reserve a slot without waiting; False when the buffer is full."""
-        if self.pending >= self.capacity:
+        """Reserve a slot without waiting; False when the buffer (or the disk) is full."""
+        if self.pending >= self.capacity or self.store_full:
             self._room.clear()
             return False
         self._reserved += 1
@@ -189,7 +222,7 @@ class PredictionLog:
         nothing per request stays alive for the garbage collector to rescan, and the flush
         only writes.
         """
-        if not reserved and self.pending >= self.capacity:
+        if not reserved and (self.pending >= self.capacity or self.store_full):
             self._drop()
             return False
         try:
@@ -210,6 +243,15 @@ class PredictionLog:
                 self.metrics.count(self.metrics.version_mismatch, route.name, version)
         return True
 
+    def set_store_full(self, full: bool) -> None:
+        """The shipper's verdict on the disk (see ``store_full``); room again wakes waiters."""
+        if full and not self.store_full:
+            log.error("prediction log: unshipped segments fill retain.max_total_gb; "
+                      "on_full: %s applies until the store takes them", self.settings.on_full)
+        self.store_full = full
+        if not full and self.pending < self.capacity:
+            self._room.set()
+
     def _drop(self) -> None:
         self.dropped += 1
         if self.metrics is not None:
@@ -225,6 +267,13 @@ class PredictionLog:
         while True:
             await asyncio.sleep(interval)
             await self.flush()
+            if self.files.due():  # an idle segment is closed too, to be shipped
+                await asyncio.to_thread(self._close_segment)
+
+    def _close_segment(self) -> None:
+        with self._lock:
+            if self.files.due():
+                self.files.close()
 
     async def flush(self) -> None:
         """Write what is buffered; on failure keep it for the next flush (and mark unhealthy).

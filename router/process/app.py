@@ -31,8 +31,9 @@ from ..observers.drift import DriftMonitor
 from ..observers.encode import load_log_key
 from ..observers.predlog import PredictionLog
 from ..observers.shadow import Shadows
+from ..observers.ship import ShipProcess
 from .lifecycle import Lifecycle
-from .wiring import close_fleet, control_plane, fleet_store, follower
+from .wiring import close_fleet, control_plane, fleet_store, follower, ship_replica
 
 log = logging.getLogger("model_router")
 
@@ -69,6 +70,7 @@ class RouterApp(Lifecycle):
         self.client: Client | None = None
         self.proxy: Proxy | None = None
         self.predlog: PredictionLog | None = None
+        self.shipper: ShipProcess | None = None
         self.shadows: Shadows | None = None
         self.drift: DriftMonitor | None = None
         self.store: FleetStore | None = None
@@ -96,6 +98,11 @@ class RouterApp(Lifecycle):
             secret = await asyncio.to_thread(load_log_key, snapshot.state_dir)
             self.predlog = PredictionLog(snapshot.prediction_log, secret, metrics=self.metrics)
             self.predlog.start()
+            if snapshot.prediction_log.ship is not None and not self.worker:
+                self.shipper = ShipProcess(snapshot.prediction_log, ship_replica(),
+                                           snapshot.state_dir, self.metrics,
+                                           on_full=self.predlog.set_store_full)
+                self.shipper.start()
         proxy.predlog = self.predlog
         self.shadows = shadows = Shadows(self.client, self.metrics, self.predlog,
                                          proxy.balancer)
@@ -190,7 +197,9 @@ class RouterApp(Lifecycle):
         if self.shadows is not None:
             await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
         if self.predlog is not None:
-            await self.predlog.close()
+            await self.predlog.close()  # closes the open segment: the shipper takes it now
+        if self.shipper is not None:
+            await self.shipper.finish(limits.shutdown_grace_s)
         await self.tasks.close()
         if self.attribution is not None:
             await self.attribution.flush()

@@ -11,19 +11,28 @@ states, which evidence, and the fleet membership when the config has a ``fleet:`
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ..config import Live, Snapshot
 from ..control.evidence import Evidence, LocalEvidence
-from ..control.fleet import FleetMember, FleetStates, replica_id
+from ..control.fleet import REPLICA_ENV, FleetMember, FleetStates, replica_id
 from ..control.history import History
 from ..control.prometheus import PrometheusEvidence
 from ..control.reload import Reloader
 from ..control.rollout import Controller, FileStates, Following, States
 from ..control.store import FleetStore
 from ..metrics import Metrics
+
+
+def ship_replica() -> str:
+    """The replica id in shipped object names: ``MODEL_ROUTER_REPLICA``, else the host name
+    (stable across restarts, so a segment shipped again after a crash keeps its names; the
+    segment's own name carries the writer's pid)."""
+    return os.environ.get(REPLICA_ENV) or socket.gethostname()
 
 
 def fleet_store(snapshot: Snapshot, metrics: Metrics) -> FleetStore | None:

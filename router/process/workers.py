@@ -37,8 +37,9 @@ from ..control.rollout import Controller
 from ..control.store import FleetStore
 from ..errors import ConfigError
 from ..metrics import Metrics
+from ..observers.ship import ShipProcess
 from .lifecycle import Lifecycle
-from .wiring import close_fleet, control_plane, fleet_store
+from .wiring import close_fleet, control_plane, fleet_store, ship_replica
 
 log = logging.getLogger("model_router.workers")
 
@@ -47,7 +48,9 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUPERVISOR_SERIES = ["model_router_traffic_weight", "model_router_config_reloads_total",
                      "model_router_config_info", "model_router_fleet_info",
                      "model_router_fleet_leader", "model_router_fleet_store_errors_total",
-                     "model_router_evidence_errors_total"]
+                     "model_router_evidence_errors_total", "model_router_predlog_shipped_total",
+                     "model_router_predlog_ship_errors_total",
+                     "model_router_predlog_unshipped_bytes"]
 
 
 class _Without:
@@ -101,6 +104,8 @@ async def _worker(path: Path, conn: multiprocessing.connection.Connection,
             return
         if message[0] == "apply":
             app.tasks.spawn(apply(message[1], message[2]))
+        elif message[0] == "store_full" and app.predlog is not None:
+            app.predlog.set_store_full(message[1])
         elif message[0] == "rollouts":  # the supervisor's controller moved a rollout
             if rollouts.adopt(message[1]):
                 reloader.refresh()
@@ -140,6 +145,7 @@ class Supervisor(Lifecycle):
         self.rollouts: Controller | None = None
         self.fleet: FleetMember | None = None
         self._store: FleetStore | None = None
+        self.shipper: ShipProcess | None = None
         self._metrics_dir: Path | None = None
         self.processes: list[Any] = []  # the workers, in the order they were started
         self._conns: list[multiprocessing.connection.Connection] = []
@@ -193,6 +199,11 @@ class Supervisor(Lifecycle):
             if not await asyncio.to_thread(self._wait_ready, conn, proc):
                 raise RuntimeError(f"worker {proc.pid} did not start (see its log above)")
         self._send_rollouts()
+        if snapshot.prediction_log.enabled and snapshot.prediction_log.ship is not None:
+            # One shipper for every worker's segments (the workers write, it ships).
+            self.shipper = ShipProcess(snapshot.prediction_log, ship_replica(),
+                                       snapshot.state_dir, self.metrics, on_full=self._full)
+            self.shipper.start()
         self.port = snapshot.listen.port
         # Typed for what the admin API reads, which exists by now.
         self.admin = AdminServer(cast(Administered, self))
@@ -220,6 +231,13 @@ class Supervisor(Lifecycle):
             except (BrokenPipeError, OSError):
                 log.error("a worker is gone; it did not get revision %s", snapshot.revision)
         self._send_rollouts()
+
+    def _full(self, full: bool) -> None:
+        for conn in self._conns:
+            try:
+                conn.send(("store_full", full))
+            except (BrokenPipeError, OSError):
+                pass
 
     def _refresh(self) -> None:
         """A rollout moved: swap the weights in here and send them to every worker."""
@@ -282,6 +300,8 @@ class Supervisor(Lifecycle):
             await asyncio.to_thread(proc.join, grace + 10)
             if proc.is_alive():
                 proc.kill()
+        if self.shipper is not None:  # every worker closed its segment: ship them
+            await self.shipper.finish(grace)
         await self.tasks.close()
         await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None)
         if self.fleet is None and self._store is not None:
