@@ -316,3 +316,49 @@ async def test_the_full_canary_step_is_judged_against_the_baseline_before_it(
     event = history(tmp_path)[-1]
     assert event["evidence"]["baseline"]["requests"] == state.reference["requests"]
     assert event["evidence"]["canary"]["errors"] == 200
+
+
+STATES = ("running", "paused", "promoted", "rolled_back", "aborted")
+ALLOWED = {("pause", "running"): "paused", ("resume", "paused"): "running",
+           ("promote", "running"): "promoted", ("promote", "paused"): "promoted",
+           ("abort", "running"): "aborted", ("abort", "paused"): "aborted"}
+
+
+@pytest.mark.parametrize("state, command", [(s, c) for s in STATES
+                                            for c in ("pause", "resume", "promote", "abort")],
+                         ids=lambda v: v)
+async def test_every_command_in_every_state(tmp_path: Path, upstreams, start_router, client,
+                                            state: str, command: str) -> None:
+    import dataclasses
+    both = await upstreams.start(flaky(None))
+    path = write_config(tmp_path, [rollout_route(both, both)])
+    app = await start_router(path, run_rollouts=False)
+    held = app.rollouts.states["fraud"]
+    app.rollouts.states["fraud"] = dataclasses.replace(held, status=state)
+    async with client.post(admin_url(app, f"/-/rollouts/fraud/{command}"), json={}) as resp:
+        body = await resp.json()
+        code = resp.status
+    after = ALLOWED.get((command, state))
+    if after is None:
+        assert code == 409, body
+        assert f"it is {state}" in body["error"] and body["code"] == "conflict"
+        assert app.rollouts.states["fraud"].status == state  # nothing changed
+    else:
+        assert code == 200 and body["status"] == after, body
+        event = history(tmp_path)[-1]
+        assert event["routes"]["fraud"]["status"] == after
+        if after != "running":
+            assert event["routes"]["fraud"]["reason"] == f"{command} by admin API"
+
+
+async def test_the_first_rollout_event_names_the_revision_that_starts_it(
+        tmp_path: Path, upstreams, start_router) -> None:
+    both = await upstreams.start(flaky(None))
+    path = write_config(tmp_path, [base_route()])  # a plain split first
+    app = await start_router(path, run_rollouts=False)
+    first = app.live.snapshot.revision
+    rewrite(path, lambda doc: doc["routes"].__setitem__(0, rollout_route(both, both)))
+    applied = await app.reloader.reload("api")
+    started = [e for e in history(tmp_path) if e["event"] == "rollout_step"]
+    assert applied.revision != first
+    assert [e["revision"] for e in started] == [applied.revision]

@@ -213,3 +213,32 @@ async def test_a_failing_shadow_record_is_logged_at_one_boundary(tmp_path: Path,
     await wait_for(lambda: len(copies) == 1 and copies[0].done())
     assert copies[0].exception() is None  # not a "Task exception was never retrieved"
     assert "recording the shadow copy" in caplog.text and "disk gone" in caplog.text
+
+
+async def test_a_shadow_of_the_version_that_served_is_skipped(tmp_path: Path, upstreams,
+                                                              start_router, client) -> None:
+    """v2 serves half the users and shadows every request: a request v2 answered is never
+    copied to v2 (it would be compared with itself), and the skip is counted."""
+    seen_v2: list[dict] = []
+    v1 = await upstreams.start(scorer(0.3))
+    v2 = await upstreams.start(scorer(0.3, seen=seen_v2))
+    cfg = route({"v1": v1 + "/m", "v2": v2 + "/m"}, split={"v1": 50, "v2": 50},
+                shadow=[{"version": "v2", "percent": 100}])
+    app = await start_router(write_config(tmp_path, [cfg]))
+    served: dict[str, int] = {}
+    for _ in range(100):
+        async with client.post(url(app, "/v2/models/fraud/infer"), data=b"{}") as resp:
+            await resp.read()
+            version = resp.headers["x-model-version"]
+            served[version] = served.get(version, 0) + 1
+    await wait_for(lambda: not app.shadows.tasks)
+    copies = [h for h in seen_v2 if h.get("x-shadow") == "true"]
+    assert served["v1"] > 0 and served["v2"] > 0
+    assert len(copies) == served["v1"]  # only what v1 answered is mirrored to v2
+    text = app.metrics.render().decode()
+    line = ('model_router_shadow_dropped_total{reason="same_version",route="fraud",'
+            'version="v2"}')
+    assert f"{line} {float(served['v2'])}" in text
+    await app.predlog.flush()
+    shadows = [r for r in iter_records(tmp_path / "logs") if r["role"] == "shadow"]
+    assert all(r["compare"]["against"] == "v1" for r in shadows)

@@ -98,7 +98,8 @@ def fleet_command(config: str, admin: str | None = None, as_json: bool = False) 
 def describe_rollout(r: Mapping[str, Any]) -> str:
     """One line for a rollout of ``/-/rollouts``: where it stands and its evidence."""
     ev = r["evidence"]
-    return (f"{r['route']}: {r['baseline']} -> {r['canary']} {r['status']} at "
+    why = f" because {r['reason']}" if r.get("reason") else ""
+    return (f"{r['route']}: {r['baseline']} -> {r['canary']} {r['status']}{why} at "
             f"{r['weight']:g}% (step {r['step'] + 1}/{len(r['steps'])}); canary "
             f"{ev['canary']['requests']} requests, {ev['canary']['errors']} errors; "
             f"baseline {ev['baseline']['requests']} requests, "

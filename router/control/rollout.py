@@ -51,6 +51,14 @@ EARLY_MIN_CANARY = 50
 
 RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED = ("running", "paused", "promoted",
                                                    "rolled_back", "aborted")
+# The manual commands and the states each applies to (DESIGN "Progressive rollout"); any
+# other pair is refused with 409 naming the state.
+COMMANDS: dict[str, frozenset[str]] = {
+    "pause": frozenset({RUNNING}),
+    "resume": frozenset({PAUSED}),
+    "promote": frozenset({RUNNING, PAUSED}),
+    "abort": frozenset({RUNNING, PAUSED}),
+}
 # The outcome of a write (``store`` uses the same words).
 WRITTEN, STALE, NOT_LEADER, UNREACHABLE = "written", "stale", "not_leader", "unreachable"
 
@@ -210,8 +218,8 @@ class Controller:
             if state is None or state.key != route.rollout.key:
                 # A new block: this process stores it now; in a fleet the leader's next
                 # tick does, and until then every replica serves step 0 (the same weights).
-                weight = self._begin(route).weight if not self.store.shared \
-                    else route.rollout.steps[0]
+                weight = self._begin(route, snapshot.revision).weight \
+                    if not self.store.shared else route.rollout.steps[0]
             else:
                 weight = state.weight
             self.evidence.watch(route)
@@ -237,14 +245,15 @@ class Controller:
                             updated=now, generation=old.generation if old else 0,
                             window_start=now if self.evidence.immediate else None)
 
-    def _begin(self, route: Route) -> RolloutState:
-        """Start a new rollout and store it now (this process alone: a file)."""
+    def _begin(self, route: Route, revision: str) -> RolloutState:
+        """Start a new rollout and store it now (this process alone: a file). ``revision``:
+        the config that starts it (not yet live while its snapshot is transformed)."""
         state = self._fresh(route)
         state.generation += 1
         self.states[route.name] = state
         self.evidence.reset(route.name)
         self.store.save_all(self.states)
-        self._event("rollout_step", route, state, {"started": True})
+        self._event("rollout_step", route, state, {"started": True}, revision=revision)
         return state
 
     def adopt(self, stored: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -276,10 +285,11 @@ class Controller:
                         self.metrics.traffic_weight.labels(route.name, version).set(weight)
 
     def _event(self, event: str, route: Route, state: RolloutState,
-               evidence: dict[str, Any]) -> None:
+               evidence: dict[str, Any], revision: str | None = None) -> None:
         assert route.rollout is not None  # events are only about routes with a rollout
-        self.history.append({"ts": iso(self.clock()), "event": event,
-                             "revision": self.live.snapshot.revision if self.live else None,
+        if revision is None and self.live is not None:
+            revision = self.live.snapshot.revision
+        self.history.append({"ts": iso(self.clock()), "event": event, "revision": revision,
                              "source": "rollout", "routes": {route.name: {
                                  "weights": {route.rollout.baseline: 100 - state.weight,
                                              route.rollout.canary: state.weight},
@@ -460,14 +470,18 @@ class Controller:
             raise KeyError(route_name)
         if state.key != route.rollout.key or state.generation == 0:
             raise Conflict(f"rollout {route_name} is starting: try again in a second")
+        if action not in COMMANDS:
+            raise Conflict(f"unknown command {action}")
+        if state.status not in COMMANDS[action]:
+            allowed = " or ".join(sorted(COMMANDS[action]))
+            raise Conflict(f"cannot {action} rollout {route_name}: it is {state.status} "
+                           f"({action} applies to a rollout that is {allowed})")
         now = self.clock()
         reason = f"{action} by {who}"
         if action == "pause":
             new = dataclasses.replace(state, status=PAUSED, reason=reason)
             event = "paused"
         elif action == "resume":
-            if state.status not in (PAUSED, RUNNING):
-                raise Conflict(f"cannot resume a rollout that is {state.status}")
             new = dataclasses.replace(state, status=RUNNING, step_started=now, reason=None,
                                       window_start=now if self.evidence.immediate else None)
             event = "resumed"
@@ -475,11 +489,9 @@ class Controller:
             new = dataclasses.replace(state, status=PROMOTED, weight=100.0, reason=reason,
                                       step=len(route.rollout.steps) - 1)
             event = "promoted"
-        elif action == "abort":
+        else:
             new = dataclasses.replace(state, status=ABORTED, weight=0.0, reason=reason)
             event = "aborted"
-        else:
-            raise Conflict(f"unknown action {action}")
         base, canary = self._arms.get(route_name, (Arm(), Arm()))
         result = await self._write(route, state, new, event, {
             "manual": True, "baseline": base.summary(), "canary": canary.summary()},

@@ -109,6 +109,10 @@ class Shadows:
         for shadow in route.shadows:
             if self._rand() * 100 >= shadow.percent:
                 continue
+            if shadow.version == ex.version:  # it served the primary: never its own mirror
+                self.metrics.count(self.metrics.shadow_dropped, route.name, shadow.version,
+                                   "same_version")
+                continue
             key = (route.name, shadow.version)
             if self.inflight.get(key, 0) >= shadow.max_inflight:
                 self.metrics.count(self.metrics.shadow_dropped, route.name, shadow.version, "cap")

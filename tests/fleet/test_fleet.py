@@ -368,7 +368,7 @@ async def test_a_command_to_any_replica_and_fleet_status(
     assert took < 1.0 + 0.2
     async with fleet.client.post(leader.admin_url("/-/rollouts/fraud/pause"),
                                  json={}) as resp:
-        assert resp.status == 200  # pausing a paused rollout is allowed (it stays paused)
+        assert resp.status == 409  # the leader adopted it: pause applies to running only
     async with fleet.client.post(follower.admin_url("/-/rollouts/fraud/resume"),
                                  json={}) as resp:
         assert resp.status == 200
