@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -31,11 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import orjson
 
 from ..config import Live, Route, Snapshot
-from ..metrics import DURATION_BUCKETS
 from ..timefmt import iso
 from .evidence import Arm, Evidence
 from .history import History
@@ -77,7 +74,7 @@ class RolloutState:
     #                                    serves the step yet)
     reason: str | None = None   # why it paused, rolled back or was aborted
     # The baseline's figures when the canary went to 100 % (then no baseline traffic is left
-    # to compare with): {"requests", "errors", "buckets"}.
+    # to compare with): {"requests", "errors"}.
     reference: dict[str, Any] | None = None
 
     def public(self) -> dict[str, Any]:
@@ -328,9 +325,13 @@ class Controller:
         rollout = route.rollout
         assert rollout is not None and state.window_start is not None
         if state.weight >= 100 and not base.requests and state.reference is not None:
-            # No baseline traffic at 100 %: the canary is held to the baseline's figures of
-            # the step before (latency then from histograms on both sides).
-            base, canary = reference_arms(state.reference, canary)
+            # No baseline traffic at 100 %: the canary's error rate is held to the baseline's
+            # of the step before. Latency is not compared across time (load changes between
+            # the two periods would decide it); the steps before judged it side by side.
+            base = Arm(requests=int(state.reference.get("requests", 0)),
+                       errors=int(state.reference.get("errors", 0)))
+            rollout = dataclasses.replace(rollout, checks=dataclasses.replace(
+                rollout.checks, latency_p99_max_ratio=None))
         evidence = {"baseline": base.summary(), "canary": canary.summary(),
                     "step_elapsed_s": now - state.window_start}
         if canary.requests >= EARLY_MIN_CANARY:
@@ -432,10 +433,7 @@ class Controller:
             event = "rollout_step"
             if new.weight >= 100:
                 base = self._arms.get(route.name, (Arm(), Arm()))[0]
-                new.reference = {"requests": base.requests, "errors": base.errors,
-                                 "buckets": [["+Inf" if math.isinf(le) else le, n]
-                                             for le, n in base.buckets or
-                                             histogram(base.latencies)]}  # JSON: no inf
+                new.reference = {"requests": base.requests, "errors": base.errors}
         await self._write(route, state, new, event, evidence)
 
     async def _fail(self, route: Route, state: RolloutState, evidence: dict[str, Any]) -> None:
@@ -514,25 +512,6 @@ class Controller:
                         "canary": route.rollout.canary, "steps": list(route.rollout.steps),
                         "evidence": {"baseline": base.summary(), "canary": canary.summary()}})
         return out
-
-
-def histogram(latencies: list[float]) -> tuple[tuple[float, float], ...]:
-    """Latency samples as cumulative (upper bound, count) buckets of the duration metric."""
-    if not latencies:
-        return ()
-    counts = np.searchsorted(np.sort(np.asarray(latencies)), DURATION_BUCKETS, side="right")
-    return (*((le, float(n)) for le, n in zip(DURATION_BUCKETS, counts)),
-            (math.inf, float(len(latencies))))
-
-
-def reference_arms(reference: Mapping[str, Any], canary: Arm) -> tuple[Arm, Arm]:
-    """(baseline from ``reference``, canary) with latency in the same (histogram) form."""
-    base = Arm(requests=int(reference.get("requests", 0)),
-               errors=int(reference.get("errors", 0)),
-               buckets=tuple((float(le), float(n)) for le, n in reference.get("buckets", ())))
-    if canary.latencies and not canary.buckets:
-        canary = dataclasses.replace(canary, latencies=[], buckets=histogram(canary.latencies))
-    return base, canary
 
 
 def _local_arms(evidence: Evidence, route: str) -> tuple[Arm, Arm]:
