@@ -49,7 +49,8 @@ def _audit(args: argparse.Namespace) -> int:
     from .analysis.views import audit
     return audit(args.config, args.log_dir, args.request_id, route=args.route,
                  version=args.version, role=args.role, status=args.status, since=args.since,
-                 until=args.until, limit=args.limit, as_json=args.json)
+                 until=args.until, limit=args.limit, as_json=args.json,
+                 log_store=args.log_store)
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -67,8 +68,18 @@ def _history(args: argparse.Namespace) -> int:
             print(f"cannot read the fleet history from {fleet[0]}: {exc}", file=sys.stderr)
             return 1
     else:
+        from .analysis.views import history_events, log_store
         state_dir, _ = config_paths(args.config)
-        events = History(state_dir).read()
+        store = log_store(args.config, args.log_store)
+        if store is None:
+            events = History(state_dir).read()
+        else:  # every replica's shipped history too, a replica that is gone included
+            from .analysis.shipped import StoreError
+            try:
+                events = history_events(state_dir, *store)
+            except StoreError as exc:
+                print(exc, file=sys.stderr)
+                return 1
     if not args.at:
         print_events(events, as_json=args.json)
         return 0
@@ -87,7 +98,7 @@ def _history(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .analysis.views import report
     return report(args.config, args.log_dir, route=args.route, since=args.since,
-                  html=args.html, as_json=args.json)
+                  html=args.html, as_json=args.json, log_store=args.log_store)
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -141,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="records of a request, or filtered records")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.add_argument("--log-dir")
+    p.add_argument("--log-store", metavar="URL",
+                   help="the shipped log (default: prediction_log.ship.to of the config)")
     p.add_argument("request_id", nargs="?")
     p.add_argument("--route")
     p.add_argument("--version")
@@ -156,11 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.add_argument("--at")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--log-store", metavar="URL",
+                   help="the shipped histories too (default: prediction_log.ship.to)")
     p.set_defaults(func=_history)
 
     p = sub.add_parser("report", help="per version: traffic, errors, latency, outcomes")
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     p.add_argument("--log-dir")
+    p.add_argument("--log-store", metavar="URL",
+                   help="the shipped log (default: prediction_log.ship.to of the config)")
     p.add_argument("--route")
     p.add_argument("--since")
     p.add_argument("--json", action="store_true")

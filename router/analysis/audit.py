@@ -1,8 +1,12 @@
-"""Reading the prediction log: DuckDB over the JSONL files, plus Parquet for closed files.
+"""Reading the prediction log: DuckDB over the shipped store's Parquet objects and the local
+JSONL files not shipped yet, plus Parquet twins for closed local files.
 
 ``model-router audit`` answers "which model made this prediction?": every record of a request
 (primary, shadows, feedback), the served version's registry entry and the routes as they were
-in the config revision that served it, read from ``<state_dir>/revisions/<rev>/``.
+in the config revision that served it, read from ``<state_dir>/revisions/<rev>/`` or, for a
+replica that is gone, the store's ``revisions/<rev>/``. With a store (``prediction_log.ship``,
+layout ``router.logstore``), a request is found whichever replica served it; a window
+(``since``/``until``) lists and reads only the store's date/hour partitions that can hold it.
 
 Closed log files never change, so the first audit that meets one compacts it to a Parquet
 twin under ``<log_dir>/.parquet/``; lookups then scan a few columns of Parquet instead of
@@ -16,14 +20,17 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from ..logstore import marker
 from ..records import RECORD_FIELDS
 from ..timefmt import iso
+from .shipped import Shipped, safe_name
 
 log = logging.getLogger("model_router.audit")
 
@@ -80,15 +87,28 @@ def iter_records(log_dir: Path) -> list[dict[str, Any]]:
 
 
 class LogQuery:
-    """A DuckDB view ``records`` over the log: Parquet twins for closed files, JSONL else."""
+    """A DuckDB view ``records`` over the whole log: the shipped store's Parquet objects and
+    the local segments not yet shipped (Parquet twins for closed files, JSONL else).
 
-    def __init__(self, log_dir: Path, *, compact: bool = True,
-                 open_grace_s: float = 60.0) -> None:
+    ``store`` is a ``prediction_log.ship.to`` URL (``storage_options`` go to its filesystem);
+    with ``since``/``until`` only the store's date/hour partitions that can hold that window
+    are listed and read (``objects`` names them); rows are not filtered by the window here,
+    the queries do that. A local segment with a ``.shipped`` marker is read from the store
+    only, so no record is counted twice. Raises ``StoreError`` when the store cannot be read.
+    """
+
+    def __init__(self, log_dir: Path, *, store: str | None = None,
+                 storage_options: Mapping[str, Any] | None = None,
+                 since: datetime | None = None, until: datetime | None = None,
+                 compact: bool = True, open_grace_s: float = 60.0) -> None:
         import duckdb
 
         self.log_dir = log_dir
-        self.db = duckdb.connect()
-        files = log_files(log_dir)
+        # Nothing is ever downloaded at run time: the store is read through fsspec.
+        self.db = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                         "autoload_known_extensions": False})
+        self.store = Shipped(store, storage_options) if store else None
+        files, self.objects = self._sources(since, until)
         for path in torn_files(files):
             log.warning("%s: torn last line skipped", path.name)
         parquet: list[str] = []
@@ -102,18 +122,43 @@ class LogQuery:
                 parquet.append(str(twin))
             else:
                 jsonl.append(str(path))
-        parts = []
+        self.local_files = len(files)
+        # The typed empty select first: every column exists, with its type, in schema order,
+        # whichever sources there are.
+        select = ", ".join(f"CAST(NULL AS {t}) AS \"{c}\"" for c, t in COLUMNS.items())
+        parts = [f"SELECT {select} WHERE false"]
+        if self.objects:
+            assert self.store is not None
+            self.store.register(self.db)
+            # Footers are read to bind the view (union_by_name) and again to scan it.
+            self.db.execute("SET parquet_metadata_cache = true")
+            # The partition columns come from the path; a record keeps its fields only.
+            parts.append(f"SELECT * EXCLUDE (date, hour) FROM read_parquet("
+                         f"{_list(self.objects)}, hive_partitioning=true, "
+                         f"union_by_name=true)")
         if parquet:
             parts.append(f"SELECT * FROM read_parquet({_list(parquet)})")
         if jsonl:
             parts.append(f"SELECT * FROM {self._json_source(jsonl)}")
-        if not parts:
-            select = ", ".join(f"CAST(NULL AS {t}) AS \"{c}\"" for c, t in COLUMNS.items())
-            parts.append(f"SELECT {select} WHERE false")
         self.db.execute("CREATE VIEW records AS " + " UNION ALL BY NAME ".join(parts))
 
+    def _sources(self, since: datetime | None, until: datetime | None,
+                 ) -> tuple[list[Path], list[str]]:
+        """(local segments not shipped, store objects of the window), consistent with each
+        other. Markers are read before the store is listed, so a segment marked then has its
+        objects in the listing; one marked while listing may be in both, so then markers
+        and listing are taken again."""
+        for _ in range(3):
+            local = [p for p in log_files(self.log_dir) if not marker(p).exists()]
+            objects = self.store.objects(since, until) if self.store else []
+            if not any(marker(p).exists() for p in local):
+                break
+        # Still racing a busy shipper: read both; a record may show twice, none is missed.
+        return local, objects
+
     def __repr__(self) -> str:
-        return f"<LogQuery {self.log_dir}>"
+        store = f" + {self.store.url} ({len(self.objects)} objects)" if self.store else ""
+        return f"<LogQuery {self.log_dir} ({self.local_files} local files){store}>"
 
     @staticmethod
     def _json_source(files: list[str]) -> str:
@@ -181,29 +226,50 @@ def _list(files: list[str]) -> str:
     return "[" + ", ".join(f"'{_quote(f)}'" for f in files) + "]"
 
 
+def revision_files(state_dir: Path, revision: str | None, store: Shipped | None = None,
+                   ) -> tuple[str, dict[str, bytes]] | None:
+    """(where, files by name) of an applied revision: ``<state_dir>/revisions/<rev>/``, else
+    the shipped store's ``revisions/<rev>/`` (a replica that is gone kept its there); None
+    when neither has its router.yaml."""
+    if not revision or not safe_name(revision):  # a record's text, never a path elsewhere
+        return None
+    folder = state_dir / "revisions" / revision
+    if (folder / "router.yaml").is_file():
+        return str(folder), {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    files = store.revision(revision) if store is not None else None
+    if files is None or "router.yaml" not in files:
+        return None
+    assert store is not None
+    return store.revision_dir(revision), files
+
+
 def revision_context(state_dir: Path, revision: str | None, route: str | None,
-                     model: str | None, version: str | None) -> dict[str, Any]:
+                     model: str | None, version: str | None, *,
+                     store: Shipped | None = None) -> dict[str, Any]:
     """The registry entry and route of a record, as written in the revision that served it.
 
-    Read as plain YAML from ``<state_dir>/revisions/<rev>/`` (not compiled: an old revision
-    must stay readable even when its TLS files or environment are gone).
+    Read as plain YAML from ``<state_dir>/revisions/<rev>/``, else from the shipped store's
+    ``revisions/<rev>/`` (not compiled: an old revision must stay readable even when its TLS
+    files or environment are gone). Raises ``StoreError`` when the store cannot be read.
     """
     from ..config import yaml12
 
     out: dict[str, Any] = {"revision": revision, "registry_entry": None, "route": None,
                            "problem": None}
-    folder = state_dir / "revisions" / (revision or "")
-    if not revision or not (folder / "router.yaml").exists():
-        out["problem"] = f"revision {revision} is not in {state_dir / 'revisions'}"
+    found = revision_files(state_dir, revision, store)
+    if found is None:
+        where = f"{state_dir / 'revisions'}" + (
+            f" nor in {store.url}/revisions" if store is not None else "")
+        out["problem"] = f"revision {revision} is not in {where}"
         return out
-    out["config_dir"] = str(folder)
-    router_doc = yaml12.loads((folder / "router.yaml").read_bytes()) or {}
+    out["config_dir"], files = found
+    router_doc = yaml12.loads(files["router.yaml"]) or {}
     for item in router_doc.get("routes") or []:
         if isinstance(item, dict) and item.get("name") == route:
             out["route"] = item
     registry_name = Path(str(router_doc.get("registry", "registry.yaml"))).name
-    if (folder / registry_name).exists() and model and version:
-        registry_doc = yaml12.loads((folder / registry_name).read_bytes()) or {}
+    if registry_name in files and model and version:
+        registry_doc = yaml12.loads(files[registry_name]) or {}
         entry = (((registry_doc.get("models") or {}).get(model) or {}).get("versions")
                  or {}).get(version)
         out["registry_entry"] = entry

@@ -23,7 +23,8 @@ from ..config import yaml12
 from ..records import control_in_config
 from ..stats import wilson
 from ..timefmt import iso
-from .audit import LogQuery
+from .audit import LogQuery, revision_files
+from .shipped import Shipped
 
 # -- statistics (SciPy underneath) -------------------------------------------------------------
 
@@ -157,20 +158,25 @@ class _Acc:
 
 # -- the report --------------------------------------------------------------------------------
 
-def control_of(state_dir: Path, revision: str | None, route: str) -> str | None:
-    """The control version named by a revision's router.yaml (blue, baseline, first split)."""
-    path = state_dir / "revisions" / (revision or "") / "router.yaml"
-    if not revision or not path.exists():
+def control_of(state_dir: Path, revision: str | None, route: str,
+               store: Shipped | None = None) -> str | None:
+    """The control version named by a revision's router.yaml (blue, baseline, first split),
+    read from the state_dir or the shipped store (``audit.revision_files``)."""
+    found = revision_files(state_dir, revision, store)
+    if found is None:
         return None
-    for item in (yaml12.loads(path.read_bytes()) or {}).get("routes") or []:
+    for item in (yaml12.loads(found[1]["router.yaml"]) or {}).get("routes") or []:
         if isinstance(item, dict) and item.get("name") == route:
             return control_in_config(item)
     return None
 
 
 def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
-                 since: datetime | None = None) -> dict[str, Any]:
-    query = LogQuery(log_dir)
+                 since: datetime | None = None, query: LogQuery | None = None,
+                 ) -> dict[str, Any]:
+    """The report of the records ``query`` sees (default: the local files of ``log_dir``)
+    from ``since`` on."""
+    query = query if query is not None else LogQuery(log_dir, since=since)
     where, params = ["role = 'primary'"], []
     if route:
         where.append("route = ?")
@@ -212,7 +218,8 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
     for r in rows:
         name, version = r["route"], r["version"]
         entry = report["routes"].setdefault(name, {
-            "control": control_of(state_dir, latest[name][1], name), "versions": {}})
+            "control": control_of(state_dir, latest[name][1], name, query.store),
+            "versions": {}})
         shadow = shadows.get((name, version))
         entry["versions"][version] = {
             "requests": r["requests"], "errors": r["errors"],
@@ -342,8 +349,12 @@ def _share_svg(buckets: dict[str, dict[str, int]]) -> str:
             f'{html.escape(times[0])}</text></svg>')
 
 
-def render_html(report: dict[str, Any], log_dir: Path) -> str:
-    query = LogQuery(log_dir)
+def render_html(report: dict[str, Any], log_dir: Path, *, since: datetime | None = None,
+                query: LogQuery | None = None) -> str:
+    """The report as one HTML page, with charts of the records ``query`` sees (default: the
+    local files of ``log_dir``) from ``since`` on."""
+    query = query if query is not None else LogQuery(log_dir, since=since)
+    window, params = ("AND ts >= ?", [iso(since.timestamp())]) if since else ("", [])
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>model-router report"
              "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
              "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
@@ -365,7 +376,7 @@ def render_html(report: dict[str, Any], log_dir: Path) -> str:
         buckets: dict[str, dict[str, int]] = defaultdict(dict)
         for r in query.rows("SELECT version, latency_ms, substr(ts, 1, 16) AS minute FROM "
                             "records WHERE role = 'primary' AND route = ? AND version IS "
-                            "NOT NULL", [name]):
+                            f"NOT NULL {window}", [name, *params]):
             latencies[r["version"]].append(r["latency_ms"])
             b = buckets[r["minute"]]
             b[r["version"]] = b.get(r["version"], 0) + 1

@@ -8,17 +8,22 @@ work itself is the analysis modules' (``audit``, ``report``, ``baseline``).
 
 from __future__ import annotations
 
+import logging
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from ..config.raw import config_paths, registry_of
+from ..config.raw import config_paths, registry_of, ship_of
 from ..console import print_json, print_table
 from .audit import LogQuery, parse_time, revision_context
+from .shipped import Shipped, StoreError
+
+log = logging.getLogger("model_router.history")
 
 AUDIT_COLUMNS = ["ts", "request_id", "route", "version", "role", "reason", "status",
                  "latency_ms"]
@@ -32,15 +37,40 @@ class LogInputs:
     log_dir: Path
     since: datetime | None
     until: datetime | None
+    store: str | None = None                   # the shipped store's URL
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def query(self) -> LogQuery:
+        """The records of the store and the local files, the store pruned to the window."""
+        return LogQuery(self.log_dir, store=self.store, storage_options=self.storage_options,
+                        since=self.since, until=self.until)
+
+    def where(self) -> str:
+        return f"{self.log_dir}" + (f" or {self.store}" if self.store else "")
+
+
+def log_store(config: str, given: str | None) -> tuple[str, dict[str, Any]] | None:
+    """The shipped store a command reads: ``--log-store URL``, else the config's
+    ``prediction_log.ship``. A given URL keeps the config's storage_options when it is on
+    the same kind of filesystem (same scheme), so one endpoint and its keys serve both."""
+    ship = ship_of(config)
+    if not given:
+        return ship
+    url = given.rstrip("/")
+    same = ship is not None and ship[0].split("://")[0] == url.split("://")[0]
+    return url, dict(ship[1]) if same and ship is not None else {}
 
 
 def log_inputs(config: str, log_dir: str | None, since: str | None = None,
-               until: str | None = None) -> LogInputs | None:
-    """The state_dir and log dir of ``config`` (``log_dir`` overrides the latter) and the
-    parsed window; None, said on stderr, when the log dir is missing or a time is bad."""
+               until: str | None = None, given_store: str | None = None,
+               ) -> LogInputs | None:
+    """The state_dir and log dir of ``config`` (``log_dir`` overrides the latter), its
+    shipped store (``log_store``) and the parsed window; None, said on stderr, when there is
+    neither a log dir nor a store, or a time is bad."""
     state_dir, default_logs = config_paths(config)
     logs = Path(log_dir) if log_dir else default_logs
-    if not logs.is_dir():
+    store = log_store(config, given_store)
+    if not logs.is_dir() and store is None:
         print(f"no prediction log directory {logs}", file=sys.stderr)
         return None
     try:
@@ -49,21 +79,28 @@ def log_inputs(config: str, log_dir: str | None, since: str | None = None,
     except ValueError as exc:
         print(f"bad time: {exc}", file=sys.stderr)
         return None
-    return LogInputs(state_dir, logs, start, end)
+    if store is None:
+        return LogInputs(state_dir, logs, start, end)
+    return LogInputs(state_dir, logs, start, end, store[0], store[1])
 
 
 def audit(config: str, log_dir: str | None, request_id: str | None, *,
           route: str | None = None, version: str | None = None, role: str | None = None,
           status: int | None = None, since: str | None = None, until: str | None = None,
-          limit: int, as_json: bool = False) -> int:
+          limit: int, as_json: bool = False, log_store: str | None = None) -> int:
     """``model-router audit``: every record of one request with its context, or a filtered
-    table of records."""
-    inputs = log_inputs(config, log_dir, since, until)
+    table of records; from the shipped store and the local files (a window prunes the
+    store's partitions, for a request id too)."""
+    inputs = log_inputs(config, log_dir, since, until, log_store)
     if inputs is None:
         return 1
-    query = LogQuery(inputs.log_dir)
-    if request_id:
-        return _audit_request(query, inputs, request_id, as_json)
+    try:
+        query = inputs.query()
+        if request_id:
+            return _audit_request(query, inputs, request_id, as_json)
+    except StoreError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     rows = query.filter(route=route, version=version, role=role, status=status,
                         since=inputs.since, until=inputs.until, limit=limit)
     if as_json:
@@ -77,12 +114,12 @@ def _audit_request(query: LogQuery, inputs: LogInputs, request_id: str, as_json:
                    ) -> int:
     records = query.by_request(request_id)
     if not records:
-        print(f"no record of request {request_id} in {inputs.log_dir}", file=sys.stderr)
+        print(f"no record of request {request_id} in {inputs.where()}", file=sys.stderr)
         return 1
     primary = next((r for r in records if r["role"] == "primary"), records[0])
     context = revision_context(inputs.state_dir, primary.get("config_revision"),
                                primary.get("route"), primary.get("model"),
-                               primary.get("version"))
+                               primary.get("version"), store=query.store)
     if as_json:
         print_json({"request_id": request_id, "records": records, "context": context})
         return 0
@@ -107,22 +144,56 @@ def _audit_request(query: LogQuery, inputs: LogInputs, request_id: str, as_json:
 
 
 def report(config: str, log_dir: str | None, *, route: str | None = None,
-           since: str | None = None, html: str | None = None, as_json: bool = False) -> int:
-    """``model-router report``: per version traffic, errors, latency and outcomes."""
+           since: str | None = None, html: str | None = None, as_json: bool = False,
+           log_store: str | None = None) -> int:
+    """``model-router report``: per version traffic, errors, latency and outcomes, over the
+    shipped store (only the partitions from ``since`` on) and the local files."""
     from .report import build_report, render_html, render_table
 
-    inputs = log_inputs(config, log_dir, since)
+    inputs = log_inputs(config, log_dir, since, given_store=log_store)
     if inputs is None:
         return 1
-    built = build_report(inputs.log_dir, inputs.state_dir, route=route, since=inputs.since)
+    try:
+        query = inputs.query()
+        built = build_report(inputs.log_dir, inputs.state_dir, route=route,
+                             since=inputs.since, query=query)
+    except StoreError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     if html:
-        Path(html).write_text(render_html(built, inputs.log_dir))
+        Path(html).write_text(render_html(built, inputs.log_dir, since=inputs.since,
+                                          query=query))
         print(f"wrote {html}", file=sys.stderr)
     if as_json:
         print_json(built)
     else:
         print(render_table(built))
     return 0
+
+
+def history_events(state_dir: Path, store: str, storage_options: Mapping[str, Any],
+                   ) -> list[dict[str, Any]]:
+    """``model-router history`` with a shipped store: the local ``history.jsonl`` and every
+    replica's shipped ``history/<replica>.jsonl`` as one list, identical lines once, sorted
+    by ts (stable). A line that is not JSON is skipped with a warning. Raises
+    ``StoreError`` when the store cannot be read."""
+    local = state_dir / "history.jsonl"
+    lines = local.read_bytes().splitlines() if local.is_file() else []
+    lines += Shipped(store, storage_options).history_lines()
+    events, seen = [], set()
+    for line in lines:
+        line = line.strip()
+        if not line or line in seen:
+            continue
+        seen.add(line)
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            log.warning("history line is not JSON; skipped: %.80r", line)
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return sorted(events, key=lambda e: str(e.get("ts", "")))
 
 
 def baseline(config: str, from_file: str | None, schema_id: str | None, *,

@@ -51,6 +51,33 @@ def fleet_of(config: str | Path) -> tuple[str, str] | None:
     return os.path.expandvars(str(fleet["store"])), str(fleet["name"])
 
 
+def ship_of(config: str | Path) -> tuple[str, dict[str, Any]] | None:
+    """(store URL, storage_options) of a router.yaml's ``prediction_log.ship`` block, or None
+    without one. ``${ENV}`` is expanded from this process's environment (an unset variable
+    stays as written) and a relative ``file://`` store is relative to router.yaml, as
+    ``load_snapshot`` reads them."""
+    predlog = raw_config(config).get("prediction_log")
+    ship = predlog.get("ship") if isinstance(predlog, dict) else None
+    if not isinstance(ship, dict) or not isinstance(ship.get("to"), str):
+        return None
+    to = os.path.expandvars(ship["to"])
+    if to.startswith("file://") and not to.startswith("file:///"):
+        to = "file://" + str((Path(config).parent / to[len("file://"):]).resolve())
+    options = ship.get("storage_options")
+    return to.rstrip("/"), _expand(options) if isinstance(options, dict) else {}
+
+
+def _expand(value: Any) -> Any:
+    """``value`` with ``${ENV}`` expanded in every string, at any depth."""
+    if isinstance(value, str):
+        return os.path.expandvars(value)
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    return value
+
+
 def registry_of(config: str | Path) -> tuple[Registry | None, list[str]]:
     """The registry named by a router.yaml, parsed on its own (no routes, no env needed)."""
     path = Path(config)
