@@ -11,6 +11,7 @@ from helpers import base_route, write_config
 
 from router.cli import build_parser, main
 from router.control.client import describe_rollout
+from router.errors import ConfigError
 
 
 @pytest.mark.parametrize("argv", [
@@ -66,12 +67,58 @@ def _history(folder: Path) -> Path:
     return path
 
 
-def test_history_prints_one_line_per_event(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_prints_aligned_columns_one_event_per_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["history", "-c", str(_history(tmp_path))]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == ["applied", "rollout_step", "rejected"]
-    assert lines[2].endswith("['router.yaml: x: bad']")
+    assert lines[0].split() == ["time", "event", "revision", "source", "replica", "what"]
+    assert [line.split()[1] for line in lines[1:]] == ["applied", "rollout_step", "rejected"]
+    what = lines[0].index("what")
+    assert [line[what:] for line in lines[1:]] == [
+        "fraud: v1 95, v2 5", "fraud: v1 50, v2 50 step 2/3", "router.yaml: x: bad"]
+
+
+@pytest.mark.parametrize("before, after, said", [
+    ({"fraud": {"weights": {"v1": 95, "v2": 5}, "versions": ["v1", "v2"],
+                "validation": "enforce"}},
+     {"fraud": {"weights": {"v1": 50, "v2": 50}, "versions": ["v1", "v2", "v3"],
+                "validation": "log"}},
+     ["fraud: v1 95, v2 5 -> v1 50, v2 50; versions + v3; validation enforce -> log"]),
+    ({"fraud": {"active": "blue", "version": "v1", "versions": ["v1", "v2"]}},
+     {"fraud": {"active": "green", "version": "v2", "versions": ["v1", "v2"]},
+      "other": {"weights": {"a": 100}, "versions": ["a"]}},
+     ["fraud: active blue (v1) -> active green (v2)", "other: added (a 100)"]),
+    ({"fraud": {"weights": {"v1": 100}, "versions": ["v1", "v2"]}, "old": {"weights": {}}},
+     {"fraud": {"weights": {"v1": 100}, "versions": ["v1"]}},
+     ["fraud: versions - v2", "old: removed"]),
+    ({"fraud": {"weights": {"v1": 100}}}, {"fraud": {"weights": {"v1": 100}}}, []),
+], ids=["weights-versions-validation", "colour-and-added-route", "removed", "no-change"])
+def test_history_says_what_changed(before: dict, after: dict, said: list[str]) -> None:
+    from router.control.history import changes
+    assert changes(before, after) == said
+
+
+async def test_putting_the_good_file_back_after_a_rejection_is_recorded(
+        tmp_path: Path) -> None:
+    from helpers import rewrite
+
+    from router.process.app import RouterApp
+    path = write_config(tmp_path, [base_route()])
+    app = RouterApp(path, run_rollouts=False)
+    await app.start()
+    try:
+        good = path.read_bytes()
+        rewrite(path, lambda doc: doc["routes"][0].update(split={"v1": 90, "v2": 5}))
+        with pytest.raises(ConfigError):
+            await app.reloader.reload("api")
+        path.write_bytes(good)
+        await app.reloader.reload("api")
+    finally:
+        await app.stop()
+    events = [orjson.loads(line) for line in
+              (tmp_path / "state" / "history.jsonl").read_bytes().splitlines()]
+    assert [e["event"] for e in events] == ["applied", "rejected", "applied"]
+    assert events[2]["revision"] == events[0]["revision"] and events[2]["source"] == "api"
 
 
 @pytest.mark.parametrize(("at", "code", "expect"), [

@@ -24,17 +24,57 @@ log = logging.getLogger("model_router.history")
 
 
 def route_states(snapshot: Snapshot) -> dict[str, Any]:
-    """Per route: effective weights, or the active colour of a blue/green route."""
+    """Per route: effective weights, or the active colour of a blue/green route; its versions
+    and validation mode (what ``history`` shows changing between revisions)."""
     out: dict[str, Any] = {}
     for route in snapshot.routes:
         if route.blue_green is not None:
             bg = route.blue_green
-            out[route.name] = {"active": bg.active, "version": bg.active_version}
+            state: dict[str, Any] = {"active": bg.active, "version": bg.active_version}
         else:
-            out[route.name] = {"weights": dict(route.split)}
+            state = {"weights": dict(route.split)}
             if route.rollout is not None:  # whose weights its rollout's events then set
-                out[route.name]["rollout"] = route.rollout.key
+                state["rollout"] = route.rollout.key
+        state["versions"] = sorted(route.versions)
+        state["validation"] = route.validation
+        out[route.name] = state
     return out
+
+
+def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[str]:
+    """What an applied event changed from the previous one, per route, in words: routes
+    added or removed, weights, the active colour, versions added or removed, validation."""
+    if before is None:
+        return [f"{name}: {_served(state)}" for name, state in after.items()]
+    out = []
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if new is None:
+            out.append(f"{name}: removed")
+            continue
+        if old is None:
+            out.append(f"{name}: added ({_served(new)})")
+            continue
+        parts = []
+        if _served(old) != _served(new):
+            parts.append(f"{_served(old)} -> {_served(new)}")
+        added = sorted(set(new.get("versions", ())) - set(old.get("versions", ())))
+        gone = sorted(set(old.get("versions", ())) - set(new.get("versions", ())))
+        if added:
+            parts.append("versions + " + ", ".join(added))
+        if gone:
+            parts.append("versions - " + ", ".join(gone))
+        if old.get("validation") != new.get("validation") and "validation" in new:
+            parts.append(f"validation {old.get('validation')} -> {new.get('validation')}")
+        if parts:
+            out.append(f"{name}: " + "; ".join(parts))
+    return out
+
+
+def _served(state: Mapping[str, Any]) -> str:
+    if "weights" in state:
+        return ", ".join(f"{v} {w:g}" for v, w in state["weights"].items())
+    return f"active {state.get('active')} ({state.get('version')})"
 
 
 # Events the rollout controller writes: each carries the route's weights it just set.
@@ -106,14 +146,35 @@ def describe_state(state: Mapping[str, Any]) -> str:
 
 
 def print_events(events: Iterable[Mapping[str, Any]], as_json: bool = False) -> None:
-    """``model-router history``: one line per event (a rejection shows its errors)."""
+    """``model-router history``: aligned columns, one event per line (an apply shows what
+    changed from the previous one, a rejection its errors, a rollout event its step, weights
+    and reason); further detail lines are indented."""
+    events = list(events)
     if as_json:
-        print_json(list(events))
+        print_json(events)
         return
+    previous: Mapping[str, Any] | None = None
+    print(f"{'time':<24}  {'event':<12} {'revision':<12} {'source':<8} {'replica':<12} what")
     for e in events:
-        detail = e.get("errors") if e.get("event") == "rejected" else e.get("routes")
-        print(f"{e.get('ts')}  {e.get('event'):<9} {e.get('revision')!s:<12} "
-              f"{e.get('source'):<8} {detail}")
+        kind = str(e.get("event"))
+        if kind == "applied":
+            lines = changes(previous, e.get("routes") or {}) or ["(no change)"]
+            previous = e.get("routes") or {}
+        elif kind == "rejected":
+            lines = [str(err) for err in e.get("errors") or []]
+        else:
+            lines = []
+            for name, state in (e.get("routes") or {}).items():
+                step = state.get("step")
+                where = f" step {step + 1}/{state.get('steps', '?')}" if step is not None \
+                    else ""
+                why = f"; {state['reason']}" if state.get("reason") else ""
+                lines.append(f"{name}: {_served(state)}{where}{why}")
+        head = (f"{e.get('ts')!s:<24}  {kind:<12} {e.get('revision')!s:<12} "
+                f"{e.get('source')!s:<8} {e.get('replica') or '-':<12} ")
+        print(head + (lines[0] if lines else ""))
+        for line in lines[1:]:
+            print(" " * len(head) + line)
 
 
 def print_in_force(events: Iterable[Mapping[str, Any]], at: str, as_json: bool = False,

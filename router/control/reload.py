@@ -174,6 +174,10 @@ class Reloader:
                 raise
             current = self.live.snapshot
             if snapshot.revision == current.revision:
+                if self.last_error is not None:  # the bad file was put back: say so
+                    self.history.applied(dataclasses.replace(current, source=source),
+                                         self._wall())
+                    log.info("config %s in place again (source %s)", current.revision, source)
                 self.last_error = None
                 return current
             for key in pending_restart(self.started, snapshot):
