@@ -1,10 +1,13 @@
-"""config/k8s: the manifests agree with the router (flags, ports, probes, token) and with each
-other (the fleet's Redis and Prometheus, the scrape job, the replica id), and the pod's own
-command serves the mounted ConfigMap with the pod's environment until /-/ready."""
+"""config/k8s: the manifests agree with the router (flags, ports, probes, token), with the
+image (Dockerfile: entrypoint, uid) and with each other (the fleet's Redis and Prometheus, the
+scrape job, the replica id, Services, NetworkPolicy, disruption budget, the hardened pod), and
+the pod's own command serves the mounted ConfigMap with the pod's environment until /-/ready,
+reloads under its workers without the multi-process label warning, and drains on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -21,11 +24,39 @@ from router.cli import build_parser
 from router.config import load_snapshot
 from router.errors import ConfigError
 
-K8S = Path(__file__).resolve().parents[1] / "config" / "k8s"
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "config" / "k8s"
 ROUTER = "model-router"                   # the Deployment and Service
 ROUTER_CONFIG = "model-router-config"     # its ConfigMap
 REPLICA_ENV = "MODEL_ROUTER_REPLICA"      # DESIGN.md, "Fleet": the replica id
 POD_NAME = "model-router-5d8c7f9b4-x2x7q"
+# What the Secret holds in the tests (any other secret key: "from-the-secret").
+SECRET_VALUES = {"MODEL_ROUTER_LOG_STORE": "s3://ml-audit/model-router"}
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's (INSTRUCTION, arguments) in order, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines
+            if line and not line.startswith("#")]
+
+
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the Dockerfile's last stage (what the image is)."""
+    instructions = dockerfile_instructions()
+    start = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    return instructions[start:]
+
+
+def image_argv(container: dict) -> list[str]:
+    """What the container runs: its command (else the image's ENTRYPOINT) and its args (else,
+    with no command, the image's CMD), as the kubelet and the runtime combine them."""
+    stage = dict(final_stage())
+    entrypoint, cmd = json.loads(stage["ENTRYPOINT"]), json.loads(stage["CMD"])
+    if "command" in container:
+        return [*container["command"], *container.get("args", [])]
+    return [*entrypoint, *container.get("args", cmd)]
 
 
 def manifests() -> dict[tuple[str, str], dict]:
@@ -55,7 +86,7 @@ def pod_env(container: dict) -> dict[str, str]:
         if source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
             env[e["name"]] = POD_NAME
         else:
-            env[e["name"]] = e.get("value", "from-the-secret")
+            env[e["name"]] = e.get("value", SECRET_VALUES.get(e["name"], "from-the-secret"))
     return env
 
 
@@ -100,7 +131,7 @@ def router_pod(docs: dict) -> tuple[dict, dict]:
 def test_manifests_are_consistent_with_the_router(tmp_path: Path) -> None:
     docs = manifests()
     pod, container = router_pod(docs)
-    command = container["command"]
+    command = image_argv(container)
     assert command[:2] == ["model-router", "serve"]
     args = build_parser().parse_args(command[1:])  # every flag exists (exits 2 otherwise)
     config_path = Path(args.config)
@@ -292,13 +323,15 @@ def test_scrape_annotations_name_the_admin_port_once() -> None:
 async def test_the_pods_command_serves_the_mounted_config(tmp_path: Path, client) -> None:
     """The container's command and environment, run as they are on the mounted ConfigMap.
     Only what a pod gets from its surroundings moves: the ports (free loopback ones, not the
-    pod IP's), the data volume (under tmp_path, not /var/lib/model-router), and the fleet's
-    Redis and Prometheus, here loopback ports nobody listens on: the pod must serve and be
-    ready without them (fail static)."""
+    pod IP's), the data and tmp volumes (under tmp_path), the log store (a file:// folder,
+    not the Secret's bucket), and the fleet's Redis and Prometheus, here loopback ports nobody
+    listens on: the pod must serve and be ready without them (fail static). A reload under
+    the pod's workers prints no "Clearing labels" warning (issue 18)."""
     docs = manifests()
     pod, container = router_pod(docs)
     mounts = {m["name"]: Path(m["mountPath"]) for m in container["volumeMounts"]}
-    command = container["command"]
+    command = image_argv(container)
+    assert "--workers" in command  # the reload below runs under a supervisor
     config_arg = command.index("-c") + 1
     folder = mount_config_map(tmp_path / "etc", docs[("ConfigMap", ROUTER_CONFIG)])
     config_file = folder / Path(command[config_arg]).relative_to(mounts["config"])
@@ -314,16 +347,22 @@ async def test_the_pods_command_serves_the_mounted_config(tmp_path: Path, client
     doc["fleet"].update(store=f"redis://127.0.0.1:{free_port()}/0",
                         prometheus=f"http://127.0.0.1:{free_port()}")
     config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, **pod_env(container),
+           "MODEL_ROUTER_LOG_STORE": f"file://{tmp_path / 'store'}",
+           "TMPDIR": str(tmp_path / "tmp")}  # the tmp volume
+    (tmp_path / "tmp").mkdir()
 
     executable = Path(sys.executable).parent / command[0]  # the installed entry point
     argv = [*command[1:config_arg], str(config_file), *command[config_arg + 1:]]
     proc = await asyncio.create_subprocess_exec(
-        executable, *argv, env={**os.environ, **pod_env(container)}, cwd=tmp_path,
+        executable, *argv, env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = asyncio.ensure_future(proc.stdout.read())  # read all along: the pipe never fills
     served = Served(proc, port, admin)
     try:
-        await wait_ready(served, client, timeout=20)
-        for probe in ("readinessProbe", "livenessProbe"):
+        await wait_ready(served, client, timeout=60)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             async with client.get(served.admin_url(container[probe]["httpGet"]["path"])) as r:
                 assert r.status == 200, probe
         async with client.get(served.admin_url(pod["metadata"]["annotations"]
@@ -336,11 +375,160 @@ async def test_the_pods_command_serves_the_mounted_config(tmp_path: Path, client
             fleet = await resp.json()
             assert resp.status == 200 and fleet["replica"] == POD_NAME
             assert fleet["name"] == doc["fleet"]["name"] and fleet["store"] != "ok"
+
+        # a reload (an operator's POST, with the token): the supervisor clears its weight and
+        # revision labels, which warned at every reload while it carried the workers'
+        # PROMETHEUS_MULTIPROC_DIR
+        doc["routes"][0]["split"] = {"v1": 90, "v2": 10}
+        config_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        token = env[doc["admin"]["token_env"]]
+        async with client.post(served.admin_url("/-/reload"),
+                               json={}, headers={"Authorization": f"Bearer {token}"}) as resp:
+            assert resp.status == 200, await resp.text()
+        async with client.get(served.admin_url("/metrics")) as resp:
+            text = await resp.text()
+            assert 'model_router_traffic_weight{route="fraud",version="v2"} 10.0' in text
+            assert 'model_router_config_reloads_total{result="success"} 2.0' in text
+
         # the kubelet's SIGTERM: drained and exited 0 before it would send SIGKILL
         served.proc.send_signal(signal.SIGTERM)
         grace = pod["spec"]["terminationGracePeriodSeconds"]
         assert await asyncio.wait_for(served.proc.wait(), grace) == 0
+        logged = (await output).decode()
+        assert "supervisor: 2 workers" in logged  # the output was read: the next line can fail
+        assert "Clearing labels" not in logged, logged
     finally:
         if served.proc.returncode is None:
             served.proc.kill()
             await served.proc.wait()
+        output.cancel()
+
+
+# -- the image, the hardened pod, who reaches it, its storage ---------------------------------
+
+def test_the_pod_runs_the_images_entrypoint_as_the_images_user() -> None:
+    stage = final_stage()
+    names = [name for name, _ in stage]
+    assert names.count("FROM") == 1 and len([n for n, _ in dockerfile_instructions()
+                                             if n == "FROM"]) >= 2  # multi-stage
+    assert json.loads(dict(stage)["ENTRYPOINT"]) == ["model-router"]
+    uid, gid = (int(x) for x in dict(stage)["USER"].split(":"))
+    assert uid >= 1000
+    pod, container = router_pod(manifests())
+    assert "command" not in container  # the image's entrypoint, the pod's args
+    context = pod["spec"]["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (uid, gid, gid)
+    assert context["seccompProfile"] == {"type": "RuntimeDefault"}
+    own = container["securityContext"]
+    assert own["allowPrivilegeEscalation"] is False
+    assert own["readOnlyRootFilesystem"] is True
+    assert own["capabilities"] == {"drop": ["ALL"]}
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_image_has_no_build_tools_and_a_small_context() -> None:
+    stage = final_stage()
+    base = dict(dockerfile_instructions())["ARG"]
+    assert base == "PYTHON_IMAGE=python:3.11-slim"
+    assert stage[0] == ("FROM", "${PYTHON_IMAGE}")
+    final = " ".join(args for _, args in stage)
+    # installed from the builder's wheels alone: no index, no compiler, no apt in the image
+    assert "--no-index" in final and "from=builder" in final
+    assert not re.search(r"apt-get|build-essential|gcc|COPY \. ", final)
+    # the context is an allowlist: everything out, then what the builder copies
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert ignore[0] == "*"
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "router"}
+    copied = {part for name, args in dockerfile_instructions() if name == "COPY"
+              and "--from" not in args for part in args.split()[:-1]}
+    assert copied <= allowed
+
+
+def test_admin_only_on_its_own_service_and_behind_the_network_policy() -> None:
+    docs = manifests()
+    pod, container = router_pod(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    labels = pod["metadata"]["labels"]
+    services = [d for (kind, _), d in docs.items() if kind == "Service"
+                and selects(d["spec"]["selector"], labels)]
+    targets = {s["metadata"]["name"]: {p["targetPort"] for p in s["spec"]["ports"]}
+               for s in services}
+    assert targets == {ROUTER: {"http"}, f"{ROUTER}-admin": {"admin"}}
+    admin_service = docs[("Service", f"{ROUTER}-admin")]
+    assert admin_service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    for service in services:  # one scrape path: the pods' annotations
+        assert not any(k.startswith("prometheus.io/")
+                       for k in service["metadata"].get("annotations", {}))
+
+    [policy] = [d for (kind, _), d in docs.items() if kind == "NetworkPolicy"
+                and selects(d["spec"]["podSelector"]["matchLabels"], labels)]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    by_port: dict[int, list[dict]] = {}
+    for rule in policy["spec"]["ingress"]:
+        for port in rule["ports"]:
+            by_port.setdefault(port["port"], []).append(rule)
+    assert set(by_port) == {ports["http"], ports["admin"]}  # nothing else is let in
+    [admin_rule] = by_port[ports["admin"]]
+    peers = admin_rule["from"]  # never empty or absent: that would be anyone
+    prometheus = docs[("Deployment", "prometheus")]["spec"]["template"]["metadata"]["labels"]
+    assert any(set(p) == {"podSelector"} and selects(p["podSelector"]["matchLabels"], prometheus)
+               for p in peers)
+    operators = [p for p in peers if "namespaceSelector" in p]
+    assert operators and all(p["namespaceSelector"]["matchLabels"]
+                             and p["podSelector"]["matchLabels"] for p in operators)
+    assert len(peers) == 2
+
+
+def test_probes_tolerate_a_slow_answer_and_a_slow_start() -> None:
+    docs = manifests()
+    _, container = router_pod(docs)
+    readiness, liveness = container["readinessProbe"], container["livenessProbe"]
+    startup = container["startupProbe"]
+    assert readiness["failureThreshold"] >= 3 and 2 <= readiness["periodSeconds"] <= 10
+    assert readiness["failureThreshold"] * readiness["periodSeconds"] >= 10
+    assert liveness["httpGet"]["path"] == "/-/healthy"
+    assert liveness["failureThreshold"] >= 3
+    # three interpreters start under --workers: up to a minute on a busy node
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 60
+    assert startup["httpGet"]["path"] in admin_paths()
+
+
+def test_disruption_budget_keeps_a_router_serving() -> None:
+    docs = manifests()
+    deployment = docs[("Deployment", ROUTER)]
+    [budget] = [d for (kind, _), d in docs.items() if kind == "PodDisruptionBudget"
+                and selects(d["spec"]["selector"]["matchLabels"],
+                            deployment["spec"]["template"]["metadata"]["labels"])]
+    assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_writable_only_where_the_router_writes_and_the_log_is_shipped(tmp_path: Path) -> None:
+    docs = manifests()
+    pod, container = router_pod(docs)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    writable = {Path(m["mountPath"]): volumes[m["name"]] for m in container["volumeMounts"]
+                if not m.get("readOnly")}
+    assert set(writable) == {Path("/var/lib/model-router"), Path("/tmp")}
+    folder = mount_config_map(tmp_path / "etc", docs[("ConfigMap", ROUTER_CONFIG)])
+    snapshot = load_snapshot(folder / "router.yaml", env=pod_env(container))
+    data = Path("/var/lib/model-router")
+    for path in (snapshot.state_dir, snapshot.prediction_log.dir):
+        assert path.is_relative_to(data)
+    # several replicas: the log is shipped (to the Secret's store), the volume is its spool
+    ship = snapshot.prediction_log.ship
+    assert ship is not None and ship.to == SECRET_VALUES["MODEL_ROUTER_LOG_STORE"]
+    store = next(e for e in container["env"] if e["name"] == "MODEL_ROUTER_LOG_STORE")
+    assert not store["valueFrom"]["secretKeyRef"].get("optional", False)
+    assert docs[("Deployment", ROUTER)]["spec"]["replicas"] > 1
+    assert "emptyDir" in writable[data]
+    # a store that is down fills the log (on_full) before the kubelet evicts the pod
+    size = writable[data]["emptyDir"]["sizeLimit"]
+    assert size.endswith("Gi")
+    workers = int(image_argv(container)[image_argv(container).index("--workers") + 1])
+    log = snapshot.prediction_log
+    assert log.retain_max_total_gb is not None
+    assert float(size[:-2]) > log.retain_max_total_gb + workers * log.rotate_mb / 1024

@@ -46,7 +46,8 @@ log = logging.getLogger("model_router.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # What the supervisor itself knows (every other series is the sum of its workers').
 SUPERVISOR_SERIES = ["model_router_traffic_weight", "model_router_config_reloads_total",
-                     "model_router_config_info", "model_router_fleet_info",
+                     "model_router_config_info", "model_router_config_last_reload_successful",
+                     "model_router_fleet_info",
                      "model_router_fleet_leader", "model_router_fleet_store_errors_total",
                      "model_router_evidence_errors_total", "model_router_predlog_shipped_total",
                      "model_router_predlog_ship_errors_total",
@@ -183,18 +184,25 @@ class Supervisor(Lifecycle):
             self.tasks.spawn(member.run())
         reloader.applied(snapshot)
         self.tasks.spawn(self.rollouts.run())
-        # Workers are fresh interpreters: they import prometheus_client in multiprocess mode.
+        # Workers are fresh interpreters: they import prometheus_client in multiprocess mode,
+        # from the environment they start with. Only they get the variable: with it in this
+        # process's environment, its own (in-memory) metrics would warn at every reload that
+        # clearing labels is not implemented in multi-process mode, and a later child (the
+        # shipper) would inherit a folder removed at shutdown.
         os.environ[MULTIPROC_ENV] = str(self._metrics_dir)
-        ctx = multiprocessing.get_context("spawn")
-        for _ in range(self.count):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_main, daemon=True,
-                               args=(str(self.config_path), child, dict(snapshot.files),
-                                     logging.getLogger().level, self.port_override))
-            proc.start()
-            child.close()
-            self.processes.append(proc)
-            self._conns.append(parent)
+        try:
+            ctx = multiprocessing.get_context("spawn")
+            for _ in range(self.count):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=worker_main, daemon=True,
+                                   args=(str(self.config_path), child, dict(snapshot.files),
+                                         logging.getLogger().level, self.port_override))
+                proc.start()
+                child.close()
+                self.processes.append(proc)
+                self._conns.append(parent)
+        finally:
+            del os.environ[MULTIPROC_ENV]
         for conn, proc in zip(self._conns, self.processes):
             if not await asyncio.to_thread(self._wait_ready, conn, proc):
                 raise RuntimeError(f"worker {proc.pid} did not start (see its log above)")
@@ -310,6 +318,4 @@ class Supervisor(Lifecycle):
             await self.admin.close()
         if self._metrics_dir is not None:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
-            if os.environ.get(MULTIPROC_ENV) == str(self._metrics_dir):
-                del os.environ[MULTIPROC_ENV]  # no later child inherits a removed folder
         log.info("supervisor stopped")
