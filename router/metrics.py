@@ -98,6 +98,12 @@ class Metrics:
         self.predlog_pending = Gauge("model_router_predlog_pending",
                                      "Records buffered or reserved, not yet written.",
                                      registry=r, multiprocess_mode="livesum")
+        self.rollout_state = Gauge("model_router_rollout_state",
+                                   "1 for the state a route's rollout is in, 0 for the others.",
+                                   ["route", "state"], registry=r, multiprocess_mode="livemax")
+        self.reload_ok = Gauge("model_router_config_last_reload_successful",
+                               "1 when the last load or reload applied (or found the file "
+                               "unchanged), 0 after a rejected one.", registry=r)
         self.outcomes_total = Counter("model_router_outcomes_total",
                                       "Business outcomes posted to /-/feedback, by the "
                                       "version that served the request.",
@@ -197,9 +203,11 @@ class Metrics:
         self.config_info.clear()
         self.config_info.labels(snapshot.revision).set(1)
         self.reloads.labels("success").inc()
+        self.reload_ok.set(1)
 
     def reload_failed(self) -> None:
         self.reloads.labels("error").inc()
+        self.reload_ok.set(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

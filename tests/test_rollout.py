@@ -362,3 +362,34 @@ async def test_the_first_rollout_event_names_the_revision_that_starts_it(
     started = [e for e in history(tmp_path) if e["event"] == "rollout_step"]
     assert applied.revision != first
     assert [e["revision"] for e in started] == [applied.revision]
+
+
+async def test_rollout_state_gauges_follow_the_state_and_go_with_the_block(
+        tmp_path: Path, upstreams, start_router, client) -> None:
+    both = await upstreams.start(flaky(None))
+    path = write_config(tmp_path, [rollout_route(both, both)])
+    app = await start_router(path, run_rollouts=False)
+
+    def states() -> dict[str, float]:
+        text = app.metrics.render().decode()
+        return {s: float(line.rsplit(" ", 1)[1]) for s in ("running", "paused", "promoted",
+                                                            "rolled_back", "aborted")
+                for line in text.splitlines()
+                if line.startswith(f'model_router_rollout_state{{route="fraud",state="{s}"}}')}
+
+    assert states() == {"running": 1, "paused": 0, "promoted": 0, "rolled_back": 0,
+                        "aborted": 0}
+    async with client.post(admin_url(app, "/-/rollouts/fraud/pause"), json={}) as resp:
+        assert resp.status == 200
+    assert states()["paused"] == 1 and states()["running"] == 0
+    assert app.metrics.render().decode().count("model_router_config_last_reload_successful 1.0")
+    rewrite(path, lambda doc: doc["routes"][0].update(rollout={"oops": 1}))
+    with pytest.raises(ConfigError):
+        await app.reloader.reload("api")
+    assert "model_router_config_last_reload_successful 0.0" in app.metrics.render().decode()
+    rewrite(path, lambda doc: doc["routes"].__setitem__(0, base_route()))
+    await app.reloader.reload("api")  # the rollout block is gone: so are its gauges
+    text = app.metrics.render().decode()
+    assert "model_router_rollout_state{" not in text
+    assert 'model_router_rollout_step{route="fraud"}' not in text
+    assert "model_router_config_last_reload_successful 1.0" in text

@@ -177,6 +177,7 @@ class Reloader:
                 if self.last_error is not None:  # the bad file was put back: say so
                     self.history.applied(dataclasses.replace(current, source=source),
                                          self._wall())
+                    self.metrics.reload_ok.set(1)
                     log.info("config %s in place again (source %s)", current.revision, source)
                 self.last_error = None
                 return current

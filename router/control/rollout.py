@@ -46,8 +46,8 @@ EARLY_MIN_CANARY = 50
 
 # -- the state and where it persists ------------------------------------------------------------
 
-RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED = ("running", "paused", "promoted",
-                                                   "rolled_back", "aborted")
+STATES = RUNNING, PAUSED, PROMOTED, ROLLED_BACK, ABORTED = (
+    "running", "paused", "promoted", "rolled_back", "aborted")
 # The manual commands and the states each applies to (DESIGN "Progressive rollout"); any
 # other pair is refused with 409 naming the state.
 COMMANDS: dict[str, frozenset[str]] = {
@@ -207,6 +207,10 @@ class Controller:
         """Set every rollout route's split from its state (a new block starts at step 0)."""
         routes = []
         changed = False
+        rolling = {r.name for r in snapshot.routes if r.rollout is not None}
+        for name in [n for n in self._series if n not in rolling]:
+            del self._series[name]  # the block is gone: so are its gauges
+            self._forget_series(name)
         for route in snapshot.routes:
             if route.rollout is None:
                 routes.append(route)
@@ -227,10 +231,22 @@ class Controller:
             split, bounds = route.rollout.split(weight)
             routes.append(dataclasses.replace(route, split=split, bounds=bounds))
             self.metrics.rollout_step.labels(route.name).set(weight)
+            status = state.status if state is not None and state.key == route.rollout.key \
+                else RUNNING
+            for name in STATES:
+                self.metrics.rollout_state.labels(route.name, name).set(name == status)
             changed = True
         if not changed:
             return snapshot
         return dataclasses.replace(snapshot, routes=tuple(routes))
+
+    def _forget_series(self, route: str) -> None:
+        for gauge, labels in [(self.metrics.rollout_step, (route,))] + [
+                (self.metrics.rollout_state, (route, name)) for name in STATES]:
+            try:
+                gauge.remove(*labels)
+            except KeyError:
+                pass
 
     def _fresh(self, route: Route) -> RolloutState:
         """A new rollout at step 0, one generation past the state it replaces."""
