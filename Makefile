@@ -24,15 +24,16 @@ test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # The engines some tests run as child processes on 127.0.0.1: promtool (alert-rule unit tests),
-# prometheus and redis-server (tests/fleet), and a container engine for tests/test_docker.py
+# prometheus and redis-server (tests/fleet), a container engine for tests/test_docker.py
 # (podman, with runc for hosts whose cgroups crun refuses; daemonless, so it works without a
-# docker daemon). Debian packages are installed when a command is missing and apt-get is
-# usable as root; otherwise the tests that need them are skipped with the reason. (The
-# packages may try to start their system services; the tests never use those, they start
-# their own on free ports.) podman is installed even beside a docker client: a client without
+# docker daemon), and Debian's chromium (headless: tests/test_report.py renders `report --html`
+# in it and checks the screenshot and the DOM). Debian packages are installed when a command is
+# missing and apt-get is usable as root; otherwise the tests that need them are skipped with the
+# reason. (The packages may try to start their system services; the tests never use those, they
+# start their own on free ports.) podman is installed even beside a docker client: a client without
 # a daemon (as on this project's machines) cannot build; a docker that works is used first.
 ENGINE_COMMANDS := promtool:prometheus prometheus:prometheus redis-server:redis-server \
-	podman:podman runc:runc
+	podman:podman runc:runc chromium:chromium
 engines:
 	@missing=; for pair in $(ENGINE_COMMANDS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || case " $$missing " in \
@@ -41,7 +42,8 @@ engines:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } || \
 	  echo "engines unavailable (Debian packages:$$missing): install them with apt-get as root;" \
-	    "the tests that need them (alert rules, tests/fleet, the image) will be skipped"
+	    "the tests that need them (alert rules, tests/fleet, the image, the HTML report)" \
+	    "will be skipped"
 
 # The old name of the target above.
 promtool: engines

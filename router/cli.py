@@ -106,7 +106,8 @@ def _baseline(args: argparse.Namespace) -> int:
     if args.from_log:
         return output_baseline(args.from_log, args.route, args.version, since=args.since,
                                limit=args.limit, out=args.out)
-    return baseline(args.config, args.from_file, args.schema, infer=args.infer, out=args.out)
+    return baseline(args.config, args.from_file, args.schema, infer=args.infer,
+                    ranges=not args.no_ranges, out=args.out)
 
 
 def _rollout(args: argparse.Namespace) -> int:
@@ -173,28 +174,51 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the shipped histories too (default: prediction_log.ship.to)")
     p.set_defaults(func=_history)
 
-    p = sub.add_parser("report", help="per version: traffic, errors, latency, outcomes")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--log-dir")
+    p = sub.add_parser("report", help="per version: traffic, 5xx and 4xx, latency, outcomes")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"router.yaml to read (default: {DEFAULT_CONFIG})")
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="prediction log directory (default: prediction_log.dir of the config)")
     p.add_argument("--log-store", metavar="URL",
                    help="the shipped log (default: prediction_log.ship.to of the config)")
-    p.add_argument("--route")
-    p.add_argument("--since")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--html", metavar="FILE")
+    p.add_argument("--route", help="only this route (default: every route)")
+    p.add_argument("--since", metavar="T",
+                   help="records at or after T: ISO 8601 (UTC when no offset) or relative: "
+                        "30m, 2h, 7d (default: the whole log)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write the report as one self-contained HTML page with charts "
+                        "(default: none)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("baseline", help="write a drift baseline from training data")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--from", dest="from_file", help="CSV or JSONL rows")
-    p.add_argument("--schema", help="registry schema id")
-    p.add_argument("--from-log", help="prediction log dir: baseline the logged outputs")
-    p.add_argument("--route")
-    p.add_argument("--version")
-    p.add_argument("--since")
-    p.add_argument("--limit", type=int, default=100_000)
-    p.add_argument("--infer", action="store_true", help="also print an inferred schema")
-    p.add_argument("--out", help="baseline file (default: stdout)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
+                   help=f"router.yaml whose registry holds --schema (default: {DEFAULT_CONFIG})")
+    p.add_argument("--from", dest="from_file", metavar="FILE",
+                   help="training rows: CSV with a header line, or JSONL")
+    p.add_argument("--schema", metavar="ID",
+                   help="registry schema id, e.g. fraud-features@1 (with --infer: the id to "
+                        "give the inferred schema)")
+    p.add_argument("--from-log", metavar="DIR",
+                   help="prediction log dir: baseline the outputs a version logged instead")
+    p.add_argument("--route", help="with --from-log: the route (required there)")
+    p.add_argument("--version", help="with --from-log: the version (required there)")
+    p.add_argument("--since", metavar="T",
+                   help="with --from-log: answers at or after T: ISO 8601 (UTC when no "
+                        "offset) or relative: 30m, 2h, 7d (default: the whole log)")
+    p.add_argument("--limit", type=int, default=100_000,
+                   help="with --from-log: most answers read (default: 100000)")
+    p.add_argument("--infer", action="store_true",
+                   help="infer the schema from the rows and print it on stdout: types, "
+                        "enums and each number's min/max, which are the training data's "
+                        "extremes (see --no-ranges)")
+    p.add_argument("--no-ranges", action="store_true",
+                   help="with --infer: leave min/max out, so held-out values beyond the "
+                        "training extremes are not refused under validation: enforce")
+    p.add_argument("--out", metavar="FILE",
+                   help="baseline file (default: stdout; with --infer, whose stdout is the "
+                        "schema, <schema>.baseline.json in the current directory, '@' "
+                        "written '-')")
     p.set_defaults(func=_baseline)
 
     p = sub.add_parser("rollout", help="status, pause, resume, promote or abort a rollout")

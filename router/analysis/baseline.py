@@ -28,6 +28,10 @@ from ..bodies import category, output_columns
 from ..config.registry import Schema
 
 BINS = 10
+RANGES_NOTE = ("min/max are the extremes of these training rows, not the feature's limits: "
+               "held-out traffic can fall outside them, and under validation: enforce (the "
+               "default) such a request is refused with 422; widen or delete them before "
+               "pasting, or rerun with --no-ranges")
 ENUM_MAX = 20           # --infer: strings with at most this many values become an enum
 
 
@@ -89,8 +93,10 @@ def build_baseline(rows: list[dict[str, Any]], schema: Schema) -> dict[str, Any]
     return {"schema": schema.id, "rows": len(rows), "features": features}
 
 
-def infer_schema(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """A registry ``fields`` block guessed from data: types, min/max, small enums."""
+def infer_schema(rows: list[dict[str, Any]], *, ranges: bool = True) -> dict[str, Any]:
+    """A registry ``fields`` block guessed from data: types, small enums and (``ranges``)
+    each number's min and max. Those are the extremes of these rows, not limits of the
+    feature: traffic beyond them is refused under ``validation: enforce`` (RANGES_NOTE)."""
     names: list[str] = []
     for r in rows:
         for k in r:
@@ -101,7 +107,7 @@ def infer_schema(rows: list[dict[str, Any]]) -> dict[str, Any]:
         raw = [r.get(name) for r in rows]
         present = [v for v in raw if v is not None and v != ""]
         spec: dict[str, Any] = {"type": _guess(present)}
-        if spec["type"] in ("float", "int"):
+        if spec["type"] in ("float", "int") and ranges:
             numbers = [_typed(v, spec["type"]) for v in present]
             spec["min"], spec["max"] = min(numbers), max(numbers)
         elif spec["type"] == "string":

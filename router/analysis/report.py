@@ -1,5 +1,6 @@
-"""``model-router report``: per route and version, traffic, errors, latency, shadow agreement
-and business outcomes with 95% confidence intervals, versus the control version.
+"""``model-router report``: per route and version, traffic, errors (5xx; 4xx counted apart),
+latency, shadow agreement and business outcomes with 95% confidence intervals, versus the
+control version; as text, JSON or one self-contained HTML page with charts.
 
 Outcomes come from feedback records joined to primary records by request id (the latest
 feedback of a request wins). A boolean outcome is a rate with a Wilson interval; a numeric
@@ -13,7 +14,7 @@ from __future__ import annotations
 import html
 import math
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,7 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
     rows = query.rows(f"""
         SELECT route, version, count(*) AS requests,
                count(*) FILTER (WHERE status >= 500) AS errors,
+               count(*) FILTER (WHERE status BETWEEN 400 AND 499) AS client_errors,
                quantile_cont(latency_ms, 0.5) AS p50, quantile_cont(latency_ms, 0.95) AS p95,
                quantile_cont(latency_ms, 0.99) AS p99, max(ts) AS last_ts,
                arg_max(config_revision, ts) AS revision
@@ -224,6 +226,8 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
         entry["versions"][version] = {
             "requests": r["requests"], "errors": r["errors"],
             "error_rate": r["errors"] / r["requests"] if r["requests"] else None,
+            "client_errors": r["client_errors"],
+            "client_error_rate": r["client_errors"] / r["requests"] if r["requests"] else None,
             "latency_ms": {"p50": r["p50"], "p95": r["p95"], "p99": r["p99"]},
             "shadow": {"compared": shadow["compared"] if shadow else 0,
                        "agreement": shadow["agreement"] if shadow else None},
@@ -233,6 +237,7 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
         if entry is not None and version not in entry["versions"]:
             entry["versions"][version] = {
                 "requests": 0, "errors": 0, "error_rate": None,
+                "client_errors": 0, "client_error_rate": None,
                 "latency_ms": {"p50": None, "p95": None, "p99": None},
                 "shadow": {"compared": shadow["compared"], "agreement": shadow["agreement"]},
                 "outcomes": {}}
@@ -254,15 +259,17 @@ def render_table(report: dict[str, Any]) -> str:
     lines = []
     for name, entry in report["routes"].items():
         lines.append(f"route {name} (control: {entry['control']})")
-        lines.append(f"  {'version':<8} {'requests':>9} {'errors':>7} {'err%':>6} "
-                     f"{'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'shadow agree':>13}")
+        lines.append(f"  {'version':<8} {'requests':>9} {'5xx':>7} {'5xx%':>6} {'4xx':>7} "
+                     f"{'4xx%':>6} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+                     f"{'shadow agree':>13}")
         for version, d in entry["versions"].items():
             agree = d["shadow"]["agreement"]
             lat = d["latency_ms"]
             ms = [f"{lat[q]:>8.2f}" if lat[q] is not None else f"{'-':>8}"
                   for q in ("p50", "p95", "p99")]
             lines.append(f"  {version:<8} {d['requests']:>9} {d['errors']:>7} "
-                         f"{100 * (d['error_rate'] or 0):>5.2f}% {' '.join(ms)} "
+                         f"{100 * (d['error_rate'] or 0):>5.2f}% {d['client_errors']:>7} "
+                         f"{100 * (d['client_error_rate'] or 0):>5.2f}% {' '.join(ms)} "
                          f"{'-' if agree is None else f'{agree:.3f}':>13}")
             for outcome, o in d["outcomes"].items():
                 value = o.get("rate", o.get("mean"))
@@ -279,108 +286,289 @@ def render_table(report: dict[str, Any]) -> str:
                 for stat, reason in (o.get("undefined") or {}).items():
                     text += f"  {stat} undefined ({reason})"
                 lines.append(text)
+    if lines:
+        lines.append("(5xx are errors, in the error rate; 4xx, requests refused as invalid, "
+                     "are counted apart)")
     return "\n".join(lines) if lines else "no primary records"
 
 
 # -- HTML --------------------------------------------------------------------------------------
+#
+# One self-contained page (inline CSS and SVG, nothing fetched): per route the version table
+# (5xx apart from 4xx), the outcomes with their intervals and p-values, and two charts with
+# labelled axes, whose legends sit in a margin of their own, clear of the data.
 
 COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"]
+LATENCY_BINS = 40
+SHARE_COLUMNS = 60                                  # at most, per chart
+STEPS = [(60, "1 min"), (300, "5 min"), (900, "15 min"), (3600, "1 h"), (3 * 3600, "3 h"),
+         (6 * 3600, "6 h"), (86400, "1 day"), (7 * 86400, "1 week")]
+STYLE = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse;"
+         "margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+         "td{white-space:nowrap}th{background:#f4f4f4}td.name{text-align:left}"
+         "p.note{color:#555;font-size:90%;max-width:60em}svg text{font-family:sans-serif}")
 
 
-def _latency_svg(series: dict[str, list[float]]) -> str:
-    """Histograms of latency (log-spaced bins) per version as polylines."""
-    edges = [0.1 * 1.5 ** i for i in range(30)]
-    width, height = 640, 240
-    paths = []
-    peak = 1e-9
-    shares: dict[str, list[float]] = {}
-    for version, values in series.items():
-        counts = [0] * (len(edges) - 1)
-        for v in values:
-            for i in range(len(edges) - 1):
-                if v < edges[i + 1] or i == len(edges) - 2:
-                    counts[i] += 1
-                    break
-        total = max(1, len(values))
-        shares[version] = [c / total for c in counts]
-        peak = max(peak, *shares[version])
+class _Plot:
+    """The pixel frame of one chart: a plot area with room left and below for the axes and
+    right for the legend; positions are given as fractions of the plot area."""
+
+    def __init__(self, width: int = 760, height: int = 260) -> None:
+        self.width, self.height = width, height
+        self.left, self.right, self.top, self.bottom = 70, width - 160, 12, height - 50
+
+    def x(self, fraction: float) -> float:
+        return self.left + fraction * (self.right - self.left)
+
+    def y(self, fraction: float) -> float:
+        return self.bottom - fraction * (self.bottom - self.top)
+
+    def svg(self, kind: str, body: str, *, x_label: str, y_label: str,
+            x_ticks: list[tuple[float, str]], y_ticks: list[tuple[float, str]],
+            legend: list[str]) -> str:
+        """The chart: grid lines and tick labels, both axis labels, ``body`` and a legend
+        (one swatch per series, in ``COLOURS`` order)."""
+        grid = []
+        for f, label in y_ticks:
+            y = self.y(f)
+            grid.append(f'<line x1="{self.left}" x2="{self.right}" y1="{y:.1f}" y2="{y:.1f}" '
+                        f'stroke="#e5e5e5"/><text class="tick" x="{self.left - 6}" '
+                        f'y="{y + 4:.1f}" font-size="11" text-anchor="end">{label}</text>')
+        for f, label in x_ticks:
+            x = self.x(f)
+            grid.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.bottom}" '
+                        f'y2="{self.bottom + 5}" stroke="#888"/><text class="tick" '
+                        f'x="{x:.1f}" y="{self.bottom + 18}" font-size="11" '
+                        f'text-anchor="middle">{label}</text>')
+        axes = (f'<line x1="{self.left}" x2="{self.right}" y1="{self.bottom}" '
+                f'y2="{self.bottom}" stroke="#888"/><line x1="{self.left}" x2="{self.left}" '
+                f'y1="{self.top}" y2="{self.bottom}" stroke="#888"/>')
+        middle = (self.top + self.bottom) / 2
+        labels = (f'<text class="axis-label x" x="{(self.left + self.right) / 2:.0f}" '
+                  f'y="{self.height - 8}" font-size="12" text-anchor="middle">'
+                  f'{html.escape(x_label)}</text><text class="axis-label y" x="16" '
+                  f'y="{middle:.0f}" font-size="12" text-anchor="middle" '
+                  f'transform="rotate(-90 16 {middle:.0f})">{html.escape(y_label)}</text>')
+        keys = "".join(
+            f'<g class="legend-item"><rect x="{self.right + 16}" y="{self.top + 18 * i}" '
+            f'width="12" height="12" fill="{COLOURS[i % len(COLOURS)]}"/><text '
+            f'x="{self.right + 34}" y="{self.top + 18 * i + 11}" font-size="12">'
+            f'{html.escape(name[:18])}<title>{html.escape(name)}</title></text></g>'
+            for i, name in enumerate(legend))
+        return (f'<svg class="{kind}" xmlns="http://www.w3.org/2000/svg" width="{self.width}" '
+                f'height="{self.height}" role="img"><rect width="100%" height="100%" '
+                f'fill="white"/>{"".join(grid)}{body}{axes}{labels}'
+                f'<g class="legend">{keys}</g></svg>')
+
+
+def _ms(value: float) -> str:
+    """A latency tick label: 0.05, 0.5, 2, 50, 1,000, 20,000."""
+    return f"{value:,.0f}" if value >= 1 else f"{value:.3g}"
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Round values (1-2-5 or 1-9 per decade, or decades) between ``low`` and ``high`` for
+    a log axis: the densest set of at most 10; both ends when none is round."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    ticks: list[float] = []
+    for multipliers in ((1, 2, 3, 4, 5, 6, 7, 8, 9), (1, 2, 5), (1,)):
+        ticks = [m * 10.0 ** e for e in range(first, last + 1) for m in multipliers
+                 if low <= m * 10.0 ** e <= high]
+        if len(ticks) <= 10:
+            break
+    if len(ticks) > 10:  # decades over more than ten decades: every other one
+        ticks = ticks[::2]
+    return ticks if len(ticks) >= 2 else [low, high]
+
+
+def _where(window: str) -> str:
+    return (f"FROM records WHERE role = 'primary' AND route = ? AND version IS NOT NULL "
+            f"{window}")
+
+
+def _latency_svg(query: LogQuery, route: str, window: str, params: list[Any],
+                 versions: list[str]) -> str:
+    """The latency distribution per version: the share of its requests in each of
+    ``LATENCY_BINS`` log-spaced bins, as one line per version (binned in DuckDB)."""
+    where = _where(window) + " AND latency_ms IS NOT NULL"
+    span = query.rows(f"SELECT min(latency_ms) FILTER (WHERE latency_ms > 0) AS low, "
+                      f"max(latency_ms) AS high {where}", [route, *params])
+    low, high = (span[0]["low"], span[0]["high"]) if span else (None, None)
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "<p>no latencies</p>"
+    if high <= low * 1.05:  # (nearly) one value: a decade around it
+        low, high = low / 3, high * 3
+    ratio = (high / low) ** (1 / LATENCY_BINS)
+    counts: dict[str, list[int]] = {v: [0] * LATENCY_BINS for v in versions}
+    for r in query.rows(f"""
+            SELECT version, least(greatest(CAST(floor(ln(greatest(latency_ms, ?) / ?) / ?)
+                   AS INTEGER), 0), ?) AS bin, count(*) AS n {where}
+            GROUP BY version, bin""", [low, low, math.log(ratio), LATENCY_BINS - 1,
+                                       route, *params]):
+        counts.setdefault(r["version"], [0] * LATENCY_BINS)[r["bin"]] += r["n"]
+    shares = {v: [c / (sum(cs) or 1) for c in cs] for v, cs in counts.items()}
+    peak = max((s for ss in shares.values() for s in ss), default=0) or 1
+    top = min(1.0, math.ceil(peak * 10) / 10)  # the y scale: the next 10% above the peak
+    plot = _Plot()
+    span_log = math.log(high / low)
+    lines = []
     for i, (version, share) in enumerate(shares.items()):
-        points = " ".join(f"{40 + j * (width - 50) / (len(share) - 1):.1f},"
-                          f"{height - 30 - s / peak * (height - 50):.1f}"
+        # each bin's share drawn at its geometric centre
+        points = " ".join(f"{plot.x((j + 0.5) / LATENCY_BINS):.1f},{plot.y(s / top):.1f}"
                           for j, s in enumerate(share))
-        colour = COLOURS[i % len(COLOURS)]
-        paths.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" '
-                     f'points="{points}"><title>{html.escape(version)}</title></polyline>'
-                     f'<text x="{width - 120}" y="{20 + 16 * i}" fill="{colour}">'
-                     f'{html.escape(version)}</text>')
-    ticks = "".join(f'<text x="{40 + j * (width - 50) / (len(edges) - 2):.0f}" '
-                    f'y="{height - 10}" font-size="10">{edges[j]:.3g}</text>'
-                    for j in range(0, len(edges) - 1, 5))
-    return (f'<svg class="latency" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}"><rect width="100%" height="100%" fill="white"/>'
-            f'{"".join(paths)}{ticks}<text x="5" y="15" font-size="11">share</text>'
-            f'<text x="{width / 2 - 40}" y="{height}" font-size="11">latency ms</text></svg>')
+        lines.append(f'<polyline class="mark" fill="none" stroke="{COLOURS[i % len(COLOURS)]}" '
+                     f'stroke-width="2" points="{points}"><title>{html.escape(version)}'
+                     f'</title></polyline>')
+    x_ticks = [(math.log(t / low) / span_log, _ms(t)) for t in log_ticks(low, high)]
+    y_ticks = [(k / 4, f"{100 * top * k / 4:.3g}%") for k in range(5)]
+    return plot.svg("latency", "".join(lines), x_label="latency (ms, log scale)",
+                    y_label="share of requests (%)", x_ticks=x_ticks, y_ticks=y_ticks,
+                    legend=list(shares))
 
 
-def _share_svg(buckets: dict[str, dict[str, int]]) -> str:
-    """Traffic share per version over time (stacked columns per minute)."""
-    width, height = 640, 200
-    times = sorted(buckets)
-    versions = sorted({v for b in buckets.values() for v in b})
-    if not times:
+def _share_svg(query: LogQuery, route: str, window: str, params: list[Any],
+               versions: list[str]) -> str:
+    """Each version's share of the route's requests over time: stacked columns, one per time
+    step (1 min up to 1 week, so at most ``SHARE_COLUMNS`` columns; counted in DuckDB)."""
+    stamped = (f"(SELECT version, epoch(TRY_CAST(replace(ts, 'Z', '') AS TIMESTAMP)) AS t "
+               f"{_where(window)}) WHERE t IS NOT NULL")
+    span = query.rows(f"SELECT min(t) AS first, max(t) AS last FROM {stamped}",
+                      [route, *params])
+    first, last = (span[0]["first"], span[0]["last"]) if span else (None, None)
+    if first is None or last is None:
         return "<p>no traffic</p>"
-    bar = (width - 50) / len(times)
+    step, step_name = next(((s, n) for s, n in STEPS if (last - first) / s < SHARE_COLUMNS),
+                           STEPS[-1])
+    start = math.floor(first / step) * step
+    columns = int((last - start) // step) + 1
+    buckets: dict[int, dict[str, int]] = defaultdict(dict)
+    for r in query.rows(f"SELECT CAST(floor((t - ?) / ?) AS INTEGER) AS i, version, "
+                        f"count(*) AS n FROM {stamped} GROUP BY i, version",
+                        [start, step, route, *params]):
+        buckets[r["i"]][r["version"]] = r["n"]
+    names = [v for v in versions if any(v in b for b in buckets.values())]
+    plot = _Plot()
+    width = 1 / columns
     rects = []
-    for i, t in enumerate(times):
-        total = sum(buckets[t].values()) or 1
-        y = height - 20.0
-        for j, v in enumerate(versions):
-            h = buckets[t].get(v, 0) / total * (height - 40)
-            y -= h
-            rects.append(f'<rect x="{40 + i * bar:.1f}" y="{y:.1f}" width="{max(bar - 1, 1):.1f}"'
-                         f' height="{h:.1f}" fill="{COLOURS[j % len(COLOURS)]}">'
-                         f'<title>{html.escape(t)} {html.escape(v)}</title></rect>')
-    legend = "".join(f'<text x="{width - 100}" y="{15 + 14 * j}" '
-                     f'fill="{COLOURS[j % len(COLOURS)]}">{html.escape(v)}</text>'
-                     for j, v in enumerate(versions))
-    return (f'<svg class="share" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}"><rect width="100%" height="100%" fill="white"/>'
-            f'{"".join(rects)}{legend}<text x="40" y="{height - 4}" font-size="10">'
-            f'{html.escape(times[0])}</text></svg>')
+    for i, counts in sorted(buckets.items()):
+        total = sum(counts.values()) or 1
+        when = datetime.fromtimestamp(start + i * step, timezone.utc).strftime(
+            "%Y-%m-%d %H:%M")
+        below = 0.0
+        for j, version in enumerate(names):
+            share = counts.get(version, 0) / total
+            if not share:
+                continue
+            y_top, y_bottom = plot.y(below + share), plot.y(below)
+            below += share
+            rects.append(
+                f'<rect class="mark" x="{plot.x(i * width):.1f}" y="{y_top:.1f}" '
+                f'width="{max(plot.x(width) - plot.x(0) - 1, 1):.1f}" '
+                f'height="{y_bottom - y_top:.1f}" fill="{COLOURS[j % len(COLOURS)]}">'
+                f'<title>{when} UTC {html.escape(version)}: {counts[version]} of {total} '
+                f'({100 * share:.1f}%)</title></rect>')
+    fmt = "%Y-%m-%d" if step >= 86400 else "%H:%M"
+    every = max(1, math.ceil(columns / 6))
+    x_ticks = [((i + 0.5) * width, datetime.fromtimestamp(start + i * step, timezone.utc)
+                .strftime(fmt)) for i in range(0, columns, every)]
+    day = datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d")
+    y_ticks = [(k / 4, f"{25 * k}%") for k in range(5)]
+    return plot.svg("share", "".join(rects),
+                    x_label=f"time (UTC, from {day}; one column per {step_name})",
+                    y_label="share of requests (%)", x_ticks=x_ticks, y_ticks=y_ticks,
+                    legend=names)
+
+
+def _num(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
+
+
+def _interval(ci: list[float] | None, signed: bool = False) -> str:
+    return f"[{_num(ci[0], signed)}, {_num(ci[1], signed)}]" if ci else "-"
+
+
+def _outcomes_html(entry: dict[str, Any]) -> str:
+    """The outcomes of a route's versions: n, rate or mean with its 95% CI, and versus the
+    control the difference, its 95% CI and the p-value."""
+    control = entry["control"]
+    rows = []
+    for version, d in entry["versions"].items():
+        for outcome, o in d["outcomes"].items():
+            kind = "rate" if "rate" in o else "mean"
+            if version == control:
+                versus = '<td class="name" colspan="3">control</td>'
+            elif o.get("diff_vs_control") is None and "diff_vs_control" not in (
+                    o.get("undefined") or {}):
+                versus = '<td class="name" colspan="3">no comparison (fewer than 2 values ' \
+                         'here or in the control)</td>'
+            else:
+                versus = (f"<td>{_num(o.get('diff_vs_control'), True)}</td>"
+                          f"<td>{_interval(o.get('diff_ci95'), True)}</td>"
+                          f"<td>{_num(o.get('p_value'))}</td>")
+            notes = "; ".join(f"{k} undefined ({v})" for k, v in (o.get("undefined") or {})
+                              .items())
+            rows.append(f'<tr><td class="name">{html.escape(version)}</td>'
+                        f'<td class="name">{html.escape(outcome)}</td><td>{o["n"]}</td>'
+                        f"<td>{kind} {_num(o.get(kind))}</td><td>{_interval(o['ci95'])}</td>"
+                        f'{versus}<td class="name">{html.escape(notes)}</td></tr>')
+    if not rows:
+        body = "<p>no feedback outcomes joined to this route's requests</p>"
+    else:
+        body = ("<table><tr><th>version</th><th>outcome</th><th>n</th><th>rate / mean</th>"
+                "<th>95% CI</th><th>vs control</th><th>95% CI of the difference</th>"
+                "<th>p-value</th><th>notes</th></tr>" + "".join(rows) + "</table>"
+                '<p class="note">A true/false outcome is a rate with a Wilson interval; a '
+                "number a mean with a t interval. Versus the control "
+                f"({html.escape(str(control))}): the difference (this version minus the "
+                "control), its 95% interval and the p-value of a two-proportion z-test "
+                "(rates) or Welch's t-test (means). An interval that excludes 0 and a small "
+                "p-value mean the difference is unlikely to be chance.</p>")
+    return f'<section class="outcomes"><h3>outcomes</h3>{body}</section>'
+
+
+def _versions_html(entry: dict[str, Any]) -> str:
+    rows = []
+    for version, d in entry["versions"].items():
+        agree = d["shadow"]["agreement"]
+        ms = "".join(f"<td>{d['latency_ms'][q]:.2f}</td>" if d["latency_ms"][q] is not None
+                     else "<td>-</td>" for q in ("p50", "p95", "p99"))
+        rows.append(f'<tr><td class="name">{html.escape(version)}</td><td>{d["requests"]}'
+                    f"</td><td>{d['errors']}</td><td>{_percent(d['error_rate'])}</td>"
+                    f"<td>{d['client_errors']}</td><td>{_percent(d['client_error_rate'])}"
+                    f"</td>{ms}<td>{'-' if agree is None else f'{agree:.3f}'}</td></tr>")
+    return ('<table class="versions"><tr><th>version</th><th>requests</th><th>5xx</th>'
+            "<th>5xx rate</th><th>4xx</th><th>4xx rate</th><th>p50 ms</th><th>p95 ms</th>"
+            "<th>p99 ms</th><th>shadow agreement</th></tr>" + "".join(rows) + "</table>"
+            '<p class="note">5xx are the errors (the error rate is 5xx / requests); 4xx are '
+            "requests refused as invalid (by validation or the model server), counted apart."
+            "</p>")
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.2f}%"
 
 
 def render_html(report: dict[str, Any], log_dir: Path, *, since: datetime | None = None,
                 query: LogQuery | None = None) -> str:
-    """The report as one HTML page, with charts of the records ``query`` sees (default: the
-    local files of ``log_dir``) from ``since`` on."""
+    """The report as one self-contained HTML page, with charts of the records ``query`` sees
+    (default: the local files of ``log_dir``) from ``since`` on."""
     query = query if query is not None else LogQuery(log_dir, since=since)
     window, params = ("AND ts >= ?", [iso(since.timestamp())]) if since else ("", [])
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>model-router report"
-             "</title><style>body{font-family:sans-serif;margin:2em}table{border-collapse:"
-             "collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "</style></head><body><h1>model-router report</h1>"]
+             f"</title><style>{STYLE}</style></head><body><h1>model-router report</h1>"]
+    if since:
+        parts.append(f"<p>from {html.escape(iso(since.timestamp()))} on</p>")
+    if not report["routes"]:
+        parts.append("<p>no primary records</p>")
     for name, entry in report["routes"].items():
-        parts.append(f"<h2>route {html.escape(name)} (control "
-                     f"{html.escape(str(entry['control']))})</h2><table><tr><th>version</th>"
-                     "<th>requests</th><th>errors</th><th>p50 ms</th><th>p95 ms</th>"
-                     "<th>p99 ms</th><th>shadow agreement</th></tr>")
-        for version, d in entry["versions"].items():
-            agree = d["shadow"]["agreement"]
-            ms = "".join(f"<td>{d['latency_ms'][q]:.2f}</td>" if d["latency_ms"][q] is not None
-                         else "<td>-</td>" for q in ("p50", "p95", "p99"))
-            parts.append(f"<tr><td>{html.escape(version)}</td><td>{d['requests']}</td>"
-                         f"<td>{d['errors']}</td>{ms}"
-                         f"<td>{'-' if agree is None else f'{agree:.3f}'}</td></tr>")
-        parts.append("</table>")
-        latencies: dict[str, list[float]] = defaultdict(list)
-        buckets: dict[str, dict[str, int]] = defaultdict(dict)
-        for r in query.rows("SELECT version, latency_ms, substr(ts, 1, 16) AS minute FROM "
-                            "records WHERE role = 'primary' AND route = ? AND version IS "
-                            f"NOT NULL {window}", [name, *params]):
-            latencies[r["version"]].append(r["latency_ms"])
-            b = buckets[r["minute"]]
-            b[r["version"]] = b.get(r["version"], 0) + 1
-        parts.append("<h3>latency distribution</h3>" + _latency_svg(dict(latencies)))
-        parts.append("<h3>traffic share over time</h3>" + _share_svg(dict(buckets)))
+        versions = list(entry["versions"])
+        parts.append(f'<section class="route"><h2>route {html.escape(name)} (control '
+                     f"{html.escape(str(entry['control']))})</h2>{_versions_html(entry)}"
+                     f"{_outcomes_html(entry)}<h3>latency distribution</h3>"
+                     f"{_latency_svg(query, name, window, params, versions)}"
+                     "<h3>traffic share over time</h3>"
+                     f"{_share_svg(query, name, window, params, versions)}</section>")
     parts.append("</body></html>")
     return "".join(parts)

@@ -197,15 +197,21 @@ def history_events(state_dir: Path, store: str, storage_options: Mapping[str, An
 
 
 def baseline(config: str, from_file: str | None, schema_id: str | None, *,
-             infer: bool = False, out: str | None = None) -> int:
+             infer: bool = False, ranges: bool = True, out: str | None = None) -> int:
     """``model-router baseline --from FILE --schema ID``: a drift baseline of training rows,
-    against the registry's schema or (``infer``) one inferred from the rows and printed."""
+    against the registry's schema or (``infer``) one inferred from the rows and printed,
+    with the training min/max of each number unless ``ranges`` is False (the printed
+    comment says what those extremes mean for validation)."""
     import yaml
 
     from ..config.problems import Problems
     from ..config.registry import parse_schema
-    from .baseline import build_baseline, infer_schema, read_rows
+    from .baseline import RANGES_NOTE, build_baseline, infer_schema, read_rows
 
+    if not ranges and not infer:
+        print("--no-ranges goes with --infer (a registry schema keeps its own min/max)",
+              file=sys.stderr)
+        return 2
     if not from_file or not schema_id:
         print("baseline needs --from FILE --schema ID (or --from-log DIR --route R "
               "--version V)", file=sys.stderr)
@@ -219,8 +225,10 @@ def baseline(config: str, from_file: str | None, schema_id: str | None, *,
         print(f"{from_file}: no rows", file=sys.stderr)
         return 1
     if infer:
-        fields = infer_schema(rows)
+        fields = infer_schema(rows, ranges=ranges)
         print(f"# paste under schemas: in registry.yaml ({len(rows)} rows of {from_file})")
+        print("# " + ("no min/max (--no-ranges): numbers are checked for their type only"
+                      if not ranges else RANGES_NOTE))
         print(yaml.safe_dump({"schemas": {schema_id: fields}}, sort_keys=False), end="")
         schema = parse_schema(Problems("inferred"), "", schema_id, fields)
         assert schema is not None  # infer_schema writes what parse_schema reads
