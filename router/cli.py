@@ -11,6 +11,11 @@ import os
 import sys
 
 DEFAULT_CONFIG = "config/router.yaml"
+CONFIG_HELP = f"router.yaml to read (default: {DEFAULT_CONFIG})"
+TIME_HELP = "ISO 8601 (UTC when no offset) or relative: 30m, 2h, 7d"
+# Checked before any command runs: a bad time is invalid input (exit 1), said the same way
+# by every command that takes one.
+TIME_OPTIONS = ("since", "until", "at")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -38,6 +43,30 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError("0-65535")
     return port
+
+
+def _status(text: str) -> int | str:
+    """``--status``: an exact code (404) or a class (``4xx``, ``5xx``)."""
+    lowered = text.strip().lower()
+    if len(lowered) == 3 and lowered[0] in "12345" and lowered[1:] == "xx":
+        return lowered
+    if lowered.isdigit() and 100 <= int(lowered) <= 599:
+        return int(lowered)
+    raise argparse.ArgumentTypeError(f"{text!r}: a code (404) or a class (4xx, 5xx)")
+
+
+def _bad_time(args: argparse.Namespace) -> str | None:
+    """The error for the first time option that is neither ISO 8601 nor 30m/2h/7d."""
+    given = [text for name in TIME_OPTIONS if (text := getattr(args, name, None))]
+    if not given:
+        return None
+    from .analysis.audit import parse_time
+    for text in given:
+        try:
+            parse_time(text)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -85,11 +114,7 @@ def _history(args: argparse.Namespace) -> int:
         return 0
     from .analysis.audit import parse_time
     from .timefmt import iso
-    try:
-        at = parse_time(args.at)
-    except ValueError as exc:
-        print(f"bad time: {exc}", file=sys.stderr)
-        return 1
+    at = parse_time(args.at)  # main checked it
     if fleet is not None:
         return print_fleet_in_force(events, iso(at.timestamp()), as_json=args.json)
     return print_in_force(events, iso(at.timestamp()), as_json=args.json)
@@ -135,41 +160,55 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="model-router",
                                      description="Traffic router for ML model servers.")
     parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="least severe log message shown on stderr (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run the router")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     p.add_argument("--workers", type=_workers, default=1,
-                   help="worker processes sharing the port (a number or 'auto')")
-    p.add_argument("--port", type=_port, help="listen port (overrides listen.port)")
-    p.add_argument("--admin-port", type=_port, help="admin port (overrides admin.port)")
+                   help="worker processes sharing the port: a number or 'auto', one per CPU "
+                        "(default: 1)")
+    p.add_argument("--port", type=_port,
+                   help="listen port, 0-65535 (default: listen.port of the config)")
+    p.add_argument("--admin-port", type=_port,
+                   help="admin port, 0-65535 (default: admin.port of the config)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check", help="validate config, registry and schema compatibility")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
     p.set_defaults(func=_check)
 
     p = sub.add_parser("audit", help="records of a request, or filtered records")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--log-dir")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    p.add_argument("--log-dir", metavar="DIR",
+                   help="prediction log directory (default: prediction_log.dir of the config)")
     p.add_argument("--log-store", metavar="URL",
                    help="the shipped log (default: prediction_log.ship.to of the config)")
-    p.add_argument("request_id", nargs="?")
-    p.add_argument("--route")
-    p.add_argument("--version")
-    p.add_argument("--role", choices=["primary", "shadow", "feedback"])
-    p.add_argument("--status", type=int)
-    p.add_argument("--since")
-    p.add_argument("--until")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("request_id", nargs="?",
+                   help="a request id: every record of that request and the config that "
+                        "served it (without one: the records the filters below select)")
+    p.add_argument("--route", help="only this route (default: every route)")
+    p.add_argument("--version", help="only this version (default: every version)")
+    p.add_argument("--role", choices=["primary", "shadow", "feedback"],
+                   help="only records of this role (default: every role)")
+    p.add_argument("--status", type=_status, metavar="CODE|4xx|5xx",
+                   help="only answers with this status: a code (404) or a class (4xx, 5xx) "
+                        "(default: any)")
+    p.add_argument("--since", metavar="T",
+                   help=f"records at or after T: {TIME_HELP} (default: the whole log)")
+    p.add_argument("--until", metavar="T",
+                   help=f"records before T: {TIME_HELP} (default: no end)")
+    p.add_argument("--limit", type=int, default=100,
+                   help="most records to print, oldest first (default: 100)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_audit)
 
     p = sub.add_parser("history", help="deployment history; --at T: what was live at T")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--at")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    p.add_argument("--at", metavar="T",
+                   help=f"what was live at T: {TIME_HELP} (default: every event instead)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of columns")
     p.add_argument("--log-store", metavar="URL",
                    help="the shipped histories too (default: prediction_log.ship.to)")
     p.set_defaults(func=_history)
@@ -222,24 +261,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_baseline)
 
     p = sub.add_parser("rollout", help="status, pause, resume, promote or abort a rollout")
-    p.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"])
-    p.add_argument("route", nargs="?")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--admin", help="admin base URL (default: from the config)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", choices=["status", "pause", "resume", "promote", "abort"],
+                   help="status: where each rollout stands; the others change ROUTE's")
+    p.add_argument("route", nargs="?",
+                   help="the route (needed by every action but status, which shows every "
+                        "rollout without one)")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    p.add_argument("--admin", metavar="URL",
+                   help="admin base URL, e.g. http://127.0.0.1:9090 (default: admin.host "
+                        "and admin.port of the config)")
+    p.add_argument("--json", action="store_true",
+                   help="print the admin API's JSON instead of a line per rollout")
     p.set_defaults(func=_rollout)
 
     p = sub.add_parser("fleet", help="the fleet: leader, replicas, revisions, steps, health")
-    p.add_argument("action", choices=["status"])
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG)
-    p.add_argument("--admin", help="admin base URL of any replica (default: from the config)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("action", choices=["status"], help="status: the fleet as a replica sees it")
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help=CONFIG_HELP)
+    p.add_argument("--admin", metavar="URL",
+                   help="admin base URL of any replica, e.g. http://127.0.0.1:9090 (default: "
+                        "admin.host and admin.port of the config)")
+    p.add_argument("--json", action="store_true",
+                   help="print the admin API's JSON instead of a line per replica")
     p.set_defaults(func=_fleet)
 
     p = sub.add_parser("demo", help="demo model servers, the router and simulated users")
-    p.add_argument("--dir", help="its files (default demo/; demo/fleet/ with --fleet)")
+    p.add_argument("--dir", help="its files (default: demo/; demo/fleet/ with --fleet)")
     p.add_argument("--duration", type=float,
-                   help="seconds at most (default 40; 90 with --fleet)")
+                   help="seconds at most (default: 40; 90 with --fleet)")
     p.add_argument("--no-story", action="store_true", help="just run traffic")
     p.add_argument("--fleet", action="store_true",
                    help="three replicas, Redis and Prometheus walk one rollout through a "
@@ -252,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    problem = _bad_time(args)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 1
     try:
         return int(args.func(args))
     except BrokenPipeError:  # `model-router audit ... | head`: the reader left, not an error

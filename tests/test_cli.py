@@ -3,6 +3,10 @@ the commands that need a running router or a log are tested in test_rollout and 
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -21,6 +25,35 @@ from router.errors import ConfigError
 def test_every_command_dispatches_to_its_handler(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     assert args.func.__name__ == f"_{argv[0]}"
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {"model-router": parser, **sub.choices}
+
+
+@pytest.mark.parametrize("command", list(_subcommands()))
+def test_every_option_says_what_it_takes_and_its_default(command: str) -> None:
+    """Every option has help; one with a default value names it; a time option says both
+    forms it accepts; ``-c`` names the file it reads."""
+    missing = []
+    for action in _subcommands()[command]._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        text = action.help or ""
+        name = "/".join(action.option_strings)
+        if not text.strip():
+            missing.append(f"{name}: no help")
+        elif action.default not in (None, False) and "default" not in text:
+            missing.append(f"{name}: default {action.default!r} not said")
+        elif action.dest in ("since", "until", "at") and \
+                "ISO 8601 (UTC when no offset) or relative: 30m, 2h, 7d" not in text:
+            missing.append(f"{name}: time formats not said")
+        elif action.dest == "config" and not (
+                "router.yaml" in text and "(default: config/router.yaml)" in text):
+            missing.append(f"{name}: {text!r}")
+    assert not missing, missing
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +160,8 @@ async def test_putting_the_good_file_back_after_a_rejection_is_recorded(
     ("2026-11-26T10:30:00", 0,
      "  fraud: v1 95, v2 5 (applied rev abc at 2026-11-26T10:00:00.000Z)"),
     ("2026-11-26T09:00:00", 1, "no config was applied before 2026-11-26T09:00:00.000Z"),
-    ("yesterday-ish", 1, "bad time: "),
+    ("yesterday-ish", 1, "bad time 'yesterday-ish': use ISO 8601 (2026-11-28T10:00:00Z) "
+                         "or 30m, 2h, 7d"),
 ], ids=["rollout", "applied", "before", "bad-time"])
 def test_history_at(tmp_path: Path, capsys: pytest.CaptureFixture[str], at: str, code: int,
                     expect: str) -> None:
@@ -165,4 +199,87 @@ def test_output_piped_into_a_reader_that_leaves_is_not_an_error(tmp_path) -> Non
     proc.stdout.readline()
     proc.stdout.close()  # what `head -1` does after its line
     _, err = proc.communicate(timeout=30)
+    assert b"Traceback" not in err and proc.returncode == 0, err[-500:]
+
+
+@pytest.mark.parametrize("argv", [
+    ["audit", "--since", "1x"], ["audit", "--until", "1x"], ["audit", "abc", "--since", "1x"],
+    ["history", "--at", "1x"], ["report", "--since", "1x"],
+    ["baseline", "--from-log", "logs", "--since", "1x"],
+], ids=lambda argv: "-".join(a for a in argv if a.startswith("-") or a.isalpha()))
+def test_a_bad_time_says_both_forms_it_takes(tmp_path: Path, argv: list[str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, [base_route()])
+    assert main([*argv, "-c", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ("bad time '1x': use ISO 8601 (2026-11-28T10:00:00Z) "
+                            "or 30m, 2h, 7d\n")
+    assert captured.out == ""
+
+
+def _log(folder: Path, records: list[dict]) -> Path:
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "predictions-20260101T000000-1.jsonl").write_bytes(
+        b"".join(orjson.dumps(r) + b"\n" for r in records))
+    return logs
+
+
+def _records(statuses: list[int], now: float) -> list[dict]:
+    from router.timefmt import iso
+    # one an hour back from now, newest last: record i is (len - i) hours old
+    return [{"ts": iso(now - 3600 * (len(statuses) - i)), "request_id": f"r{i}",
+             "route": "fraud", "version": "v1", "role": "primary", "status": status}
+            for i, status in enumerate(statuses)]
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("5xx", [500, 502, 503, 599]), ("4XX", [400, 404, 422]), ("404", [404]),
+    ("200", [200, 200]), ("3xx", []),
+], ids=["5xx", "4xx-upper-case", "exact-404", "exact-200", "no-match"])
+def test_audit_filters_by_status_class_or_code(tmp_path: Path, given: str, kept: list[int],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, [base_route()])
+    statuses = [200, 400, 404, 422, 500, 502, 503, 599, 200]
+    _log(tmp_path, _records(statuses, time.time()))
+    assert main(["audit", "-c", str(path), "--status", given, "--json"]) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    assert [r["status"] for r in rows] == kept
+
+
+@pytest.mark.parametrize("given", ["5x", "xx5", "6xx", "42", "abc", "600"])
+def test_audit_refuses_a_status_it_cannot_read(given: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["audit", "--status", given])
+    assert done.value.code == 2
+    assert "a code (404) or a class (4xx, 5xx)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, kept", [
+    (["--since", "2h"], ["r7", "r8"]),                  # 2h back: the last two
+    (["--since", "150m", "--until", "90m"], ["r7"]),   # relative both ends
+    (["--since", "30m"], []),
+], ids=["since-2h", "between-150m-and-90m", "since-30m"])
+def test_audit_takes_relative_times(tmp_path: Path, argv: list[str], kept: list[str],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_config(tmp_path, [base_route()])
+    # r0..r8, r8 one hour old, r7 two hours old (plus the seconds this test takes)
+    _log(tmp_path, _records([200] * 9, time.time() + 60))
+    assert main(["audit", "-c", str(path), *argv, "--json"]) == 0
+    assert [r["request_id"] for r in orjson.loads(capsys.readouterr().out)] == kept
+
+
+def test_audit_piped_into_a_reader_that_leaves_is_not_an_error(tmp_path: Path) -> None:
+    """`model-router audit ... | head -1`: more than a pipe's buffer of rows, the reader
+    closes after one line; no traceback, exit 0."""
+    path = write_config(tmp_path, [base_route()])
+    _log(tmp_path, _records([200] * 20000, time.time()))
+    proc = subprocess.Popen([sys.executable, "-m", "router.cli", "audit", "-c", str(path),
+                             "--limit", "20000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().split()[:2] == [b"ts", b"request_id"]
+    proc.stdout.close()  # what `head -1` does after its line
+    _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err and proc.returncode == 0, err[-500:]

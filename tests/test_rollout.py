@@ -201,9 +201,20 @@ async def test_rollout_cli(tmp_path: Path, upstreams, start_router) -> None:
 
     code, out = await cli("status")
     assert code == 0 and "fraud: v1 -> v2 running at 10% (step 1/3)" in out
+    code, out = await cli("status", "nosuch")  # a route without a rollout is an error
+    assert (code, out) == (1, "no rollout on route nosuch\n")
+    # a command prints the rollout as status does; with --json, the admin API's answer
+    code, out = await cli("pause", "fraud", "--json")
+    assert code == 0 and orjson.loads(out)["status"] == "paused"
+    assert orjson.loads(out)["updated"].endswith("Z")  # ISO 8601 UTC, not a Unix time
+    code, out = await cli("resume", "fraud")
+    assert code == 0 and out.startswith("fraud: v1 -> v2 running at 10% (step 1/3); canary ")
     code, out = await cli("abort", "fraud")
-    assert code == 0 and '"status": "aborted"' in out
+    assert code == 0 and out.startswith(
+        "fraud: v1 -> v2 aborted because abort by admin API at 0% (step 1/3); canary ")
     assert app.rollouts.states["fraud"].weight == 0
+    code, out = await cli("abort", "nosuch")
+    assert (code, out) == (1, "404: no rollout on route nosuch\n")
     code, out = await cli("pause")
     assert code == 2
 

@@ -38,16 +38,24 @@ COLUMNS = {name: kind for name, (kind, _) in RECORD_FIELDS.items()}  # one per r
 _JSON_COLUMNS = {k for k, v in COLUMNS.items() if v == "JSON"}
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_STATUS_CLASS = re.compile(r"^([1-5])xx$")
 
 
 def parse_time(text: str, now: float | None = None) -> datetime:
-    """ISO 8601 (naive = UTC) or relative like ``2h``/``30m``/``7d`` (before now)."""
+    """ISO 8601 (naive = UTC) or relative like ``2h``/``30m``/``7d`` (before now).
+
+    Raises ValueError whose message is the whole sentence to show a person, naming both
+    forms: ``bad time '1x': use ISO 8601 (2026-11-28T10:00:00Z) or 30m, 2h, 7d``."""
     match = _RELATIVE.match(text.strip())
     if match:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
         base = datetime.fromtimestamp(now if now is not None else time.time(), timezone.utc)
         return base - timedelta(seconds=seconds)
-    value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: use ISO 8601 (2026-11-28T10:00:00Z) "
+                         "or 30m, 2h, 7d") from None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
@@ -198,15 +206,26 @@ class LogQuery:
                          [request_id])
 
     def filter(self, *, route: str | None = None, version: str | None = None,
-               role: str | None = None, status: int | None = None,
+               role: str | None = None, status: int | str | None = None,
                since: datetime | None = None, until: datetime | None = None,
                limit: int = 100) -> list[dict[str, Any]]:
-        where, params = [], []
-        for column, value in (("route", route), ("version", version), ("role", role),
-                              ("status", status)):
+        """Records in time order, at most ``limit``. ``status``: an exact code (404) or a
+        class (``"4xx"``, ``"5xx"``: 400-499, 500-599); ValueError for anything else."""
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (("route", route), ("version", version), ("role", role)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
+        if isinstance(status, str):
+            match = _STATUS_CLASS.match(status.strip().lower())
+            if match is None:
+                raise ValueError(f"status {status!r}: a code (404) or a class (4xx, 5xx)")
+            where.append("status >= ? AND status < ?")
+            params += [int(match.group(1)) * 100, int(match.group(1)) * 100 + 100]
+        elif status is not None:
+            where.append("status = ?")
+            params.append(status)
         if since is not None:
             where.append("ts >= ?")
             params.append(iso(since.timestamp()))

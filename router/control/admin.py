@@ -9,12 +9,16 @@ POSTs change what serves traffic, so each one must show it is not a web page's d
 - with ``admin.token_env``, ``Authorization: Bearer <token>`` compared in constant time, else
   401. The config refuses a ``token_env`` naming an unset or empty variable; should the
   variable vanish anyway, POSTs are refused, never let through.
+
+Times in answers are ISO 8601 UTC (``2026-11-28T10:00:00.000Z``, ``timefmt.iso``), converted
+here at the boundary: inside, snapshots, rollout states and the fleet store keep Unix floats.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -22,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import ConfigError
+from ..timefmt import iso
 from .rollout import Conflict
 
 if TYPE_CHECKING:
@@ -70,6 +75,15 @@ class AdminServer:
 
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+# The Unix times of a rollout's state (``RolloutState``), shown as ISO 8601.
+ROLLOUT_TIMES = ("step_started", "updated", "window_start")
+
+
+def human_times(row: Mapping[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """``row`` with the Unix times at ``keys`` as ISO 8601 UTC; None (not yet) stays None."""
+    return {**row, **{k: iso(row[k]) for k in keys if row.get(k) is not None}}
 
 
 def _authorized(app: Administered, request: web.Request) -> bool:
@@ -137,7 +151,9 @@ def build_admin(app: Administered) -> web.Application:
         applied = {} if controller is None else {
             name: {"generation": s.generation, "step": s.step, "weight": s.weight,
                    "status": s.status} for name, s in controller.states.items()}
-        return _json({**snapshot.describe(), "last_error": app.reloader.last_error,
+        error = app.reloader.last_error
+        return _json({**human_times(snapshot.describe(), ("loaded_at",)),
+                      "last_error": None if error is None else human_times(error, ("ts",)),
                       "pending_restart": app.reloader.pending_restart(),
                       "rollouts": applied})
 
@@ -158,7 +174,8 @@ def build_admin(app: Administered) -> web.Application:
 
     async def rollouts(_: web.Request) -> web.Response:
         controller = getattr(app, "rollouts", None)
-        return _json(controller.status() if controller is not None else [])
+        rows = controller.status() if controller is not None else []
+        return _json([human_times(r, ROLLOUT_TIMES) for r in rows])
 
     async def rollout_action(request: web.Request) -> web.Response:
         controller = getattr(app, "rollouts", None)
@@ -168,11 +185,14 @@ def build_admin(app: Administered) -> web.Application:
         try:
             state = await controller.act(name, action)
         except KeyError:
-            return _json({"error": f"route {name} has no rollout", "code": "no_rollout"}, 404)
+            return _json({"error": f"no rollout on route {name}", "code": "no_rollout"}, 404)
         except Conflict as exc:
             code = "conflict" if exc.status == 409 else "store_unavailable"
             return _json({"error": str(exc), "code": code}, exc.status)
-        return _json(state.public())
+        # Answered as GET /-/rollouts shows it (versions, steps, evidence); the bare state
+        # only should the route's block have gone meanwhile.
+        row = next((r for r in controller.status() if r["route"] == name), state.public())
+        return _json(human_times(row, ROLLOUT_TIMES))
 
     async def fleet(_: web.Request) -> web.Response:
         member = getattr(app, "fleet", None)

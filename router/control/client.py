@@ -2,8 +2,9 @@
 
 ``status`` reads ``GET /-/rollouts``; ``pause``, ``resume``, ``promote`` and ``abort`` POST to
 ``/-/rollouts/<route>/<action>`` (with the bearer token from ``admin.token_env`` when set). The
-router answers; this module only asks and prints. Exit codes as the CLI's: 0 ok, 1 the API
-refused or could not be reached, 2 usage.
+router answers; this module only asks and prints: a line per rollout (``describe_rollout``),
+or with ``--json`` the admin API's JSON as it came. Exit codes as the CLI's: 0 ok, 1 the API
+refused, could not be reached, or the route has no rollout, 2 usage.
 """
 
 from __future__ import annotations
@@ -46,12 +47,15 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
     body = _ask(request, base)
     if body is None:
         return 1
-    if action != "status":
-        print_json(body)
-        return 0
-    rows = [r for r in body if not route or r["route"] == route]
+    if action != "status":  # the API answers with the rollout as it now stands
+        rows = [body]
+    else:
+        rows = [r for r in body if not route or r["route"] == route]
+        if route and not rows:
+            print(f"no rollout on route {route}", file=sys.stderr)
+            return 1
     if as_json:
-        print_json(rows)
+        print_json(body if action != "status" else rows)
         return 0
     if not rows:
         print("no rollouts")
@@ -66,7 +70,12 @@ def _ask(request: urllib.request.Request, base: str) -> Any:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        text = exc.read().decode(errors="replace")
+        try:  # the API's errors are {"error": ..., "code": ...}: say the sentence
+            text = orjson.loads(text)["error"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            pass
+        print(f"{exc.code}: {text}", file=sys.stderr)
     except OSError as exc:
         print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
     return None
@@ -96,11 +105,13 @@ def fleet_command(config: str, admin: str | None = None, as_json: bool = False) 
 
 
 def describe_rollout(r: Mapping[str, Any]) -> str:
-    """One line for a rollout of ``/-/rollouts``: where it stands and its evidence."""
-    ev = r["evidence"]
+    """One line for a rollout of ``/-/rollouts`` (or a command's answer): where it stands and
+    its evidence. A state without its route's block (the block went meanwhile) has no
+    versions, steps or evidence: the line leaves them out."""
     why = f" because {r['reason']}" if r.get("reason") else ""
-    return (f"{r['route']}: {r['baseline']} -> {r['canary']} {r['status']}{why} at "
-            f"{r['weight']:g}% (step {r['step'] + 1}/{len(r['steps'])}); canary "
-            f"{ev['canary']['requests']} requests, {ev['canary']['errors']} errors; "
-            f"baseline {ev['baseline']['requests']} requests, "
-            f"{ev['baseline']['errors']} errors")
+    steps = f" (step {r['step'] + 1}/{len(r['steps'])})" if r.get("steps") else ""
+    ev = r.get("evidence") or {}
+    arms = "".join(f"; {arm} {ev[arm]['requests']} requests, {ev[arm]['errors']} errors"
+                   for arm in ("canary", "baseline") if arm in ev)
+    return (f"{r['route']}: {r.get('baseline', '?')} -> {r.get('canary', '?')} "
+            f"{r['status']}{why} at {r['weight']:g}%{steps}{arms}")
