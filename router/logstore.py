@@ -11,7 +11,8 @@ revision's config files) and ``<to>/history/<replica>.jsonl`` (its deployment hi
 
 Locally, a segment whose objects are confirmed gets a marker ``<segment>.shipped`` (JSON:
 the object paths and when); readers of the store skip marked segments, and retention may
-delete a segment only once it is marked and ``keep_local_hours`` old.
+delete a segment only once it is marked and ``keep_local_hours`` old. ``<segment>.replica``
+names the replica that wrote it.
 """
 
 from __future__ import annotations
@@ -66,3 +67,10 @@ def object_path(to: str, date: str, hour: str, name: str) -> str:
 
 def marker(segment: Path) -> Path:
     return segment.with_name(segment.name + SHIPPED)
+
+
+def writer_file(segment: Path) -> Path:
+    """``<segment>.replica``: the id of the replica that wrote the segment, written before
+    the segment exists, so whoever ships it names its objects after the writer (a restart
+    under another id, or another process on the same directory, then replaces them)."""
+    return segment.with_name(segment.name + ".replica")

@@ -269,3 +269,122 @@ async def test_unshipped_bytes_over_the_cap_make_the_log_full(tmp_path: Path) ->
     assert await log.reserve() is False  # on_full: block -> 503 after block_ms
     ship._update({**status, "unshipped_bytes": 10})
     assert not log.store_full and log.try_reserve()
+
+
+# -- what the red team broke -------------------------------------------------------------------
+
+def test_objects_are_named_after_the_writer_and_read_once_before_the_marker(
+        tmp_path: Path) -> None:
+    """A crash between the upload and the marker: readers count the segment once, and a
+    shipper under another replica id replaces the same objects instead of adding copies."""
+    from router.analysis.audit import LogQuery
+
+    logs, store = tmp_path / "logs", tmp_path / "store"
+    seg = segment(logs, "predictions-20261128T101500-81.jsonl",
+                  [record(f"m{i}") for i in range(10)])
+    logstore.writer_file(seg).write_text("pod-a")
+    Shipper(logs, f"file://{store}", {}, "pod-b").ship_all()
+    logstore.marker(seg).unlink()  # as if the process died before writing it
+    query = LogQuery(logs, store=f"file://{store}")
+    assert query.rows("SELECT count(*) AS n FROM records")[0]["n"] == 10
+    Shipper(logs, f"file://{store}", {}, "pod-c").ship_all()
+    names = sorted(p.name for p in store.glob("date=*/hour=*/*.parquet"))
+    assert names == ["pod-a-20261128T101500-81-0.parquet"]
+    exactly_once(store, [f"m{i}" for i in range(10)])
+
+
+def test_a_segment_appears_only_locked(tmp_path: Path) -> None:
+    """The writer creates a segment under a hidden name, locks it, then renames it: the
+    shipper never finds an open segment it could lock (and ship empty)."""
+    import fcntl
+    files = LogFiles(settings(tmp_path), replica="r9")
+    files.write(b'{"ts": "2026-11-28T10:15:00.000Z"}\n')
+    assert files.path is not None
+    fd = os.open(files.path, os.O_RDONLY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    assert logstore.writer_file(files.path).read_text() == "r9"
+    assert not list((tmp_path / "logs").glob(".*opening"))
+    files.close()
+
+
+def test_a_name_is_never_reused_by_the_process_that_used_it(tmp_path: Path) -> None:
+    now = 1_800_000_000.0
+    files = LogFiles(settings(tmp_path), wall=lambda: now)
+    names = []
+    for _ in range(3):  # within one second: rotate, and retention deletes the closed file
+        files.write(b"{}\n")
+        assert files.path is not None
+        names.append(files.path.name)
+        files.close()
+        files.path.unlink()
+    assert len(set(names)) == 3, names
+
+
+@pytest.mark.slow
+async def test_a_dead_shipper_is_restarted(tmp_path: Path, upstreams, client) -> None:
+    urls = await echo_versions(upstreams, "v1", "v2")
+    path, port, admin = ship_config(tmp_path, urls, every_s=1)
+    served = await serve(path, port, admin, client)
+    try:
+        def shippers() -> set[int]:
+            pids = set()
+            for task in Path(f"/proc/{served.proc.pid}/task").iterdir():
+                for child in (task / "children").read_text().split():
+                    cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+                    if b"multiprocessing" in cmdline and b"spawn_main" in cmdline:
+                        pids.add(int(child))
+            return pids
+
+        first = shippers()
+        assert len(first) >= 1
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while not (shippers() - first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert shippers() - first, "no new shipper"
+        ids = await send(served, 40, "after")
+        deadline = time.monotonic() + 15
+        while len(store_records(tmp_path / "store")) < 40 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        exactly_once(tmp_path / "store", ids)
+    finally:
+        await stop(served)
+
+
+@pytest.mark.slow
+async def test_sigterm_with_a_store_that_hangs_stays_within_the_grace(
+        tmp_path: Path, upstreams, client) -> None:
+    """An S3 endpoint that accepts and never answers: the shipper is stopped at the end of
+    the shutdown grace; its segments stay on disk for the next start."""
+    import socket
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    try:
+        urls = await echo_versions(upstreams, "v1", "v2")
+        port, admin = free_port(), free_port()
+        path = write_config(
+            tmp_path / "cfg", [route(urls)], listen={"host": "127.0.0.1", "port": port},
+            admin={"host": "127.0.0.1", "port": admin},
+            limits={"shutdown_grace_s": 2},
+            prediction_log={"dir": "logs", "flush_ms": 50, "ship": {
+                "to": "s3://bucket/log", "every_s": 1, "storage_options": {
+                    "endpoint_url": f"http://127.0.0.1:{hole.getsockname()[1]}",
+                    "key": "k", "secret": "s"}}})
+        served = await serve(path, port, admin, client)
+        await send(served, 20, "h")
+        await asyncio.sleep(1.5)  # a segment closed; its upload hangs
+        started = time.monotonic()
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        took = time.monotonic() - started
+    finally:
+        hole.close()
+    assert took < 2 + 3, took  # the grace, plus process exits
+    logs = tmp_path / "cfg" / "logs"
+    assert [p for p in logs.glob(logstore.SEGMENT_GLOB) if not logstore.marker(p).exists()]

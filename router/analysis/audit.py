@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from ..logstore import marker
+from ..logstore import marker, segment_sequence
 from ..records import RECORD_FIELDS
 from ..timefmt import iso
 from .shipped import Shipped, safe_name
@@ -161,7 +161,12 @@ class LogQuery:
             objects = self.store.objects(since, until) if self.store else []
             if not any(marker(p).exists() for p in local):
                 break
-        # Still racing a busy shipper: read both; a record may show twice, none is missed.
+        # A segment shipped but not marked (a crash between the upload and the marker) has
+        # objects named after it: read it once, from the local file, which is whole.
+        unmarked = {f"-{seq[0]}-{seq[1]}.parquet" for p in local
+                    if (seq := segment_sequence(p)) is not None}
+        objects = [o for o in objects
+                   if not any(o.endswith(suffix) for suffix in unmarked)]
         return local, objects
 
     def __repr__(self) -> str:

@@ -77,7 +77,7 @@ def log_inputs(config: str, log_dir: str | None, since: str | None = None,
         start = parse_time(since) if since else None
         end = parse_time(until) if until else None
     except ValueError as exc:
-        print(f"bad time: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)
         return None
     if store is None:
         return LogInputs(state_dir, logs, start, end)
@@ -86,7 +86,8 @@ def log_inputs(config: str, log_dir: str | None, since: str | None = None,
 
 def audit(config: str, log_dir: str | None, request_id: str | None, *,
           route: str | None = None, version: str | None = None, role: str | None = None,
-          status: int | None = None, since: str | None = None, until: str | None = None,
+          status: int | str | None = None, since: str | None = None,
+          until: str | None = None,
           limit: int, as_json: bool = False, log_store: str | None = None) -> int:
     """``model-router audit``: every record of one request with its context, or a filtered
     table of records; from the shipped store and the local files (a window prunes the

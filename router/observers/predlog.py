@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from ..config import PredictionLogSettings
-from ..logstore import marker
+from ..logstore import marker, writer_file
 from ..records import Record
 from .encode import KeyedHash, build_record, safe_line
 
@@ -46,10 +46,12 @@ class LogFiles:
     """The current file, rotation by size and retention; used from the writer thread only."""
 
     def __init__(self, settings: PredictionLogSettings, wall: Callable[[], float] = time.time,
-                 ) -> None:
+                 replica: str = "") -> None:
         self.settings = settings
         self.dir = settings.dir
+        self.replica = replica      # named beside each segment when shipping
         self._wall = wall
+        self._used: set[str] = set()  # names this process opened: never reused
         self._file: BinaryIO | None = None
         self.path: Path | None = None
         self._size = 0
@@ -64,14 +66,23 @@ class LogFiles:
         name = file_name(self._wall(), os.getpid())
         path = self.dir / name
         n = 0
-        while path.exists():  # two rotations within one second
+        # Two rotations within one second; a name this process used before stays used even
+        # once retention deleted it (its shipped objects carry that name).
+        while path.exists() or path.name in self._used:
             n += 1
             path = self.dir / name.replace(".jsonl", f"-{n}.jsonl")
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        if self.settings.ship is not None:
-            # Held while the segment is open: the shipper takes a segment only once it can
-            # lock it exclusively (closed, or its writer is gone).
+        self._used.add(path.name)
+        if self.settings.ship is None:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        else:
+            # Who wrote it, then the segment itself, created locked under a name the shipper
+            # does not see and renamed into place: the shipper takes a segment only once it
+            # can lock it exclusively (closed, or its writer is gone).
+            writer_file(path).write_text(self.replica)
+            hidden = path.with_name("." + path.name + ".opening")
+            fd = os.open(hidden, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o640)
             fcntl.flock(fd, fcntl.LOCK_SH)
+            os.rename(hidden, path)
         self._file = os.fdopen(fd, "ab")  # kept open across batches
         self.path = path
         self._size = 0
@@ -129,6 +140,7 @@ class LogFiles:
                 removed.append(p)
         for p in removed:
             marker(p).unlink(missing_ok=True)
+            writer_file(p).unlink(missing_ok=True)
             log.info("retention removed %s", p.name)
         return removed
 
@@ -151,11 +163,11 @@ class PredictionLog:
     def __init__(self, settings: PredictionLogSettings, secret: bytes, *,
                  sink: Sink | None = None, metrics: Any = None,
                  wall: Callable[[], float] = time.time,
-                 capacity: int = BUFFER_RECORDS) -> None:
+                 capacity: int = BUFFER_RECORDS, replica: str = "") -> None:
         self.settings = settings
         self.capacity = capacity
         self.sticky_hash = KeyedHash(secret)
-        self.files = LogFiles(settings, wall)
+        self.files = LogFiles(settings, wall, replica)
         self.sink: Sink = sink or self.files.write
         self.metrics = metrics
         self._entries: list[bytes] = []      # encoded JSONL lines

@@ -37,6 +37,7 @@ from ..logstore import (
     object_name,
     object_path,
     segment_sequence,
+    writer_file,
 )
 
 log = logging.getLogger("model_router.shipper")
@@ -125,7 +126,11 @@ class Shipper:
         if parsed is None:
             return
         start, sequence = parsed
-        name = object_name(self.replica, start, sequence)
+        try:  # named after the replica that wrote it, whoever ships it
+            writer = writer_file(path).read_text().strip() or self.replica
+        except OSError:
+            writer = self.replica
+        name = object_name(writer, start, sequence)
         tmp_dir = self.log_dir / ".ship-tmp"
         tmp_dir.mkdir(mode=0o750, exist_ok=True)
         db = self._duckdb()
@@ -203,7 +208,8 @@ class Shipper:
         return self._db
 
     def status(self) -> dict[str, Any]:
-        return {"shipped_records": self.shipped_records, "shipped_files": self.shipped_files,
+        return {"pid": os.getpid(), "shipped_records": self.shipped_records,
+                "shipped_files": self.shipped_files,
                 "errors": self.errors, "unshipped_bytes": self.unshipped_bytes(),
                 "last_error": self.last_error}
 
@@ -250,6 +256,10 @@ def run(conn: multiprocessing.connection.Connection, log_dir: str, to: str,
         deadline = None
         if message and message[0] == "final":
             deadline = time.monotonic() + float(message[1])
+        try:  # what waits, before a round that may take long (the owner's disk verdict)
+            conn.send(("status", shipper.status()))
+        except (BrokenPipeError, OSError):
+            return
         ok = shipper.ship_all(deadline)
         pause = ROUND_S if ok else min(pause * 2, BACKOFF_MAX_S)
         try:

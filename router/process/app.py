@@ -31,7 +31,7 @@ from ..observers.drift import DriftMonitor
 from ..observers.encode import load_log_key
 from ..observers.predlog import PredictionLog
 from ..observers.shadow import Shadows
-from ..observers.ship import ShipProcess
+from ..observers.ship import SHIPPER_DOWN_S, ShipProcess
 from .lifecycle import Lifecycle
 from .wiring import close_fleet, control_plane, fleet_store, follower, ship_replica
 
@@ -96,7 +96,8 @@ class RouterApp(Lifecycle):
         self.proxy = proxy = Proxy(live, self.client, self.metrics)
         if snapshot.prediction_log.enabled:
             secret = await asyncio.to_thread(load_log_key, snapshot.state_dir)
-            self.predlog = PredictionLog(snapshot.prediction_log, secret, metrics=self.metrics)
+            self.predlog = PredictionLog(snapshot.prediction_log, secret, metrics=self.metrics,
+                                         replica=ship_replica())
             self.predlog.start()
             if snapshot.prediction_log.ship is not None and not self.worker:
                 self.shipper = ShipProcess(snapshot.prediction_log, ship_replica(),
@@ -173,6 +174,8 @@ class RouterApp(Lifecycle):
             problems.append("not started or draining")
         if self.predlog is not None and not self.predlog.healthy:
             problems.append(f"prediction log not writable: {self.predlog.last_error}")
+        if self.shipper is not None and self.shipper.down_for() > SHIPPER_DOWN_S:
+            problems.append("the log shipper is not running (restarting)")
         if self.live is not None and self.proxy is not None:
             balancer = self.proxy.balancer
             for route in self.live.snapshot.routes:
@@ -188,6 +191,7 @@ class RouterApp(Lifecycle):
         if self.live is None:
             return  # nothing was built
         limits = self.live.snapshot.limits
+        deadline = time.monotonic() + limits.drain_delay_s + limits.shutdown_grace_s
         if limits.drain_delay_s and drain_delay:
             await asyncio.sleep(limits.drain_delay_s)
         if self.proxy is not None:
@@ -198,8 +202,8 @@ class RouterApp(Lifecycle):
             await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
         if self.predlog is not None:
             await self.predlog.close()  # closes the open segment: the shipper takes it now
-        if self.shipper is not None:
-            await self.shipper.finish(limits.shutdown_grace_s)
+        if self.shipper is not None:  # what is left of the one shutdown grace
+            await self.shipper.finish(max(1.0, deadline - time.monotonic()))
         await self.tasks.close()
         if self.attribution is not None:
             await self.attribution.flush()

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,7 +38,7 @@ from ..control.rollout import Controller
 from ..control.store import FleetStore
 from ..errors import ConfigError
 from ..metrics import Metrics
-from ..observers.ship import ShipProcess
+from ..observers.ship import SHIPPER_DOWN_S, ShipProcess
 from .lifecycle import Lifecycle
 from .wiring import close_fleet, control_plane, fleet_store, ship_replica
 
@@ -290,12 +291,16 @@ class Supervisor(Lifecycle):
         dead = [p.pid for p in self.processes if not p.is_alive()]
         if dead:
             problems.append(f"workers exited: {dead}")
+        if self.shipper is not None and self.shipper.down_for() > SHIPPER_DOWN_S:
+            problems.append("the log shipper is not running (restarting)")
         return problems
 
     async def _shutdown(self, drain_delay: bool) -> None:
         grace = 0.0
+        deadline = time.monotonic()
         if self.live is not None:
             limits = self.live.snapshot.limits
+            deadline += limits.drain_delay_s + limits.shutdown_grace_s
             if limits.drain_delay_s and drain_delay:
                 await asyncio.sleep(limits.drain_delay_s)
             grace = limits.shutdown_grace_s
@@ -309,7 +314,7 @@ class Supervisor(Lifecycle):
             if proc.is_alive():
                 proc.kill()
         if self.shipper is not None:  # every worker closed its segment: ship them
-            await self.shipper.finish(grace)
+            await self.shipper.finish(max(1.0, deadline - time.monotonic()))
         await self.tasks.close()
         await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None)
         if self.fleet is None and self._store is not None:
