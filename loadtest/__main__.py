@@ -14,6 +14,14 @@ router_fleet is router_full plus a ``fleet:`` block whose store is a redis-serve
 starts on a free 127.0.0.1 port (on CPU 1, beside the upstreams); it is skipped, with a
 message, where redis-server is missing. After each fleet run the runner counts the
 attribution keys the router wrote and checks they cover every answered request.
+
+router_ship is router_full plus ``prediction_log.ship`` to a ``file://`` store in the run's
+temp dir (``every_s`` 5); its shipper process is the router's child, so it inherits the
+router's CPU pin (one core for both, as under a one-CPU container limit) and its CPU counts in
+the router's CPU per request. After each run (SIGTERM ships the last segment) the runner
+counts the rows of the store's Parquet objects (pyarrow) and checks they cover every answered
+request. router_ship_cpu1 is the same with the shipper process moved to CPU 1 (beside the
+upstreams and wrk) once the router listens: what shipping costs the router's own core.
 """
 
 from __future__ import annotations
@@ -62,16 +70,22 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all threads) and its live child processes, from /proc."""
-    pids = [pid]
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid``, from /proc."""
+    found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if int(_stat(int(entry.name))[1]) == pid:
-                    pids.append(int(entry.name))
+                    found.append(int(entry.name))
             except (OSError, IndexError, ValueError):
                 continue
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads) and its live child processes, from /proc."""
+    pids = [pid, *children(pid)]
     total = 0
     for p in pids:
         try:
@@ -142,8 +156,9 @@ REGISTRY = {
 
 def router_config(folder: Path, port: int, ups: list[int], *, log: bool = True,
                   shadow: float = 0, shadow_port: int | None = None,
-                  fleet: tuple[str, str] | None = None) -> Path:
-    """router.yaml for a scenario; ``fleet`` is (fleet name, redis:// store URL)."""
+                  fleet: tuple[str, str] | None = None, ship: str | None = None) -> Path:
+    """router.yaml for a scenario; ``fleet`` is (fleet name, redis:// store URL); ``ship`` a
+    log store URL (``every_s`` 5)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "registry.yaml").write_text(yaml.safe_dump(REGISTRY, sort_keys=False))
     route: dict[str, Any] = {
@@ -165,6 +180,8 @@ def router_config(folder: Path, port: int, ups: list[int], *, log: bool = True,
            "routes": [route]}
     if fleet:  # no rollout in this config, so no Prometheus is needed
         doc["fleet"] = {"name": fleet[0], "store": fleet[1]}
+    if ship:
+        doc["prediction_log"]["ship"] = {"to": ship, "every_s": 5}
     path = folder / "router.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -301,6 +318,7 @@ class Bench:
         self.use_wrk = shutil.which("wrk") is not None and not args.smoke
         self.redis: Proc | None = None
         self.fleets: dict[int, str] = {}   # router port -> its fleet name
+        self.stores: dict[int, Path] = {}  # router port -> its file:// log store
 
     def start_redis(self) -> bool:
         """A throwaway redis-server for router_fleet (no persistence); False when missing."""
@@ -381,12 +399,21 @@ class Bench:
             assert self.redis is not None
             self.fleets[port] = f"bench-{port}"
             fleet = (self.fleets[port], f"redis://127.0.0.1:{self.redis.port}/0")
+        ship = None
+        if name in ("router_ship", "router_ship_cpu1"):
+            self.stores[port] = self.tmp / f"{name}-{port}" / "store"
+            ship = f"file://{self.stores[port]}"
         config = router_config(self.tmp / f"{name}-{port}", port, self.up_ports,
                                log=name != "router_nolog", shadow=shadow.get(name, 0),
                                shadow_port=slow if name == "router_slow_shadow" else None,
-                               fleet=fleet)
+                               fleet=fleet, ship=ship)
         argv = [py, "-m", "router.cli", "--log-level", "WARNING", "serve", "-c", str(config)]
-        return Proc(pinned(0, argv), port)
+        proc = Proc(pinned(0, argv), port)
+        if name == "router_ship_cpu1" and TWO_CPUS:
+            # the shipper (the router's child, spawned before it listens) beside the upstreams
+            for child in children(proc.pid):
+                os.sched_setaffinity(child, {1})
+        return proc
 
     def load(self, port: int, duration: float | None = None) -> tuple[float, int, int]:
         duration = duration or self.args.duration
@@ -401,6 +428,7 @@ class Bench:
                 proc = self.proxy(name)
                 port = proc.port if proc else self.up_ports[0]
                 fleet = self.fleets.get(proc.port) if proc else None
+                store = self.stores.get(proc.port) if proc else None
                 redis_pid = self.redis.pid if fleet and self.redis else None
                 try:
                     # warm-up: connections, caches, JIT-free paths
@@ -426,6 +454,9 @@ class Bench:
                                                      redis_spent / max(total, 1) * 1e6)
                     r.errors += errors
                     line += "  " + r.extra["lines"][-1]
+                if store:
+                    r.errors += self.check_shipped(r, store, warm + total, warm_errors + errors)
+                    line += "  " + r.extra["lines"][-1]
                 print(line, flush=True)
         return results
 
@@ -450,6 +481,23 @@ class Bench:
             f" ({live} before the router stopped), dbsize {size}, redis CPU "
             f"{redis_us:.1f} us/req")
         return 0 if ok else 1
+
+    def check_shipped(self, r: Result, store: Path, answered: int, failed: int) -> int:
+        """Count the rows shipped to ``store`` after its router stopped (SIGTERM ships the
+        open segment); 1 error when fewer than the requests answered with 200."""
+        import pyarrow.parquet as pq
+
+        objects = sorted(store.glob("date=*/hour=*/*.parquet"))
+        rows = sum(pq.read_metadata(p).num_rows for p in objects)
+        need = answered - failed  # as for attributions: rows may exceed it, never fall short
+        x = r.extra
+        for key, value in (("shipped_rows", rows), ("answered", need),
+                           ("objects", len(objects))):
+            x.setdefault(key, []).append(value)
+        x.setdefault("lines", []).append(
+            f"store: {rows} rows in {len(objects)} objects for {need} answered"
+            f"{'' if rows >= need else ' - MISSING ' + str(need - rows)}")
+        return 0 if rows >= need else 1
 
     def latency(self, names: list[str], rate: float, count: int) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, list[float]]] = {n: {"p50": [], "p99": [], "p999": []}
@@ -571,8 +619,8 @@ def main() -> int:
                                           "load": "wrk" if bench.use_wrk else "asyncio"}}
     try:
         bench.start_upstreams()
-        names = ["router_full", "router_fleet", "router_nolog", "router_shadow10",
-                 "router_shadow100"]
+        names = ["router_full", "router_fleet", "router_ship", "router_nolog",
+                 "router_shadow10", "router_shadow100"]
         if not args.smoke:
             names = ["direct", "naive", "naive_mirror"] + names
             if shutil.which("nginx"):
@@ -592,11 +640,13 @@ def main() -> int:
                                     "cpu_us_per_request": r.cpu(), "errors": r.errors,
                                     **{k: v for k, v in r.extra.items() if k != "lines"}}
                                 for n, r in tp.items()}
-        if "router_fleet" in tp and "router_full" in tp:
-            on, off = tp["router_fleet"], tp["router_full"]
-            report["fleet_vs_full"] = {
-                "rps_ratio_per_round": [a / b for a, b in zip(on.rps, off.rps)],
-                "cpu_ratio_per_round": [a / b for a, b in zip(on.cpu_us, off.cpu_us)]}
+        for variant, key in (("router_fleet", "fleet_vs_full"), ("router_ship", "ship_vs_full"),
+                             ("router_ship_cpu1", "ship_cpu1_vs_full")):
+            if variant in tp and "router_full" in tp:
+                on, off = tp[variant], tp["router_full"]
+                report[key] = {
+                    "rps_ratio_per_round": [a / b for a, b in zip(on.rps, off.rps)],
+                    "cpu_ratio_per_round": [a / b for a, b in zip(on.cpu_us, off.cpu_us)]}
         if not args.smoke and not args.skip_latency:
             print("latency at 1,000 req/s:")
             report["latency_1000rps"] = bench.latency(["direct", "router_full"], 1000, 5000)
@@ -632,6 +682,15 @@ def main() -> int:
                          f"{spread(rr)}, CPU {spread(cr)}")
             t = report["throughput"][n]
             extra.append(f"redis keys {sum(t['attribution_keys'])} for "
+                         f"{sum(t['answered'])} answered")
+        if n in ("router_ship", "router_ship_cpu1") and "router_full" in med:
+            f = report["ship_vs_full" if n == "router_ship" else "ship_cpu1_vs_full"]
+            rr, cr = f["rps_ratio_per_round"], f["cpu_ratio_per_round"]
+            extra.append(f"{ratio(med[n], med['router_full'])} vs router_full, CPU "
+                         f"{ratio(cpu[n], cpu['router_full'])}; per round "
+                         f"{spread(rr)}, CPU {spread(cr)}")
+            t = report["throughput"][n]
+            extra.append(f"store rows {sum(t['shipped_rows'])} for "
                          f"{sum(t['answered'])} answered")
         if n == "router_full" and "router_nolog" in med:
             extra.append(f"log cost {100 * (1 - med[n] / med['router_nolog']):.1f}%")
