@@ -317,3 +317,19 @@ def test_html_report_as_seen_in_headless_chromium(tmp_path: Path) -> None:
     assert colours[(255, 255, 255)] < 0.97 * width * height  # not blank
     # the two versions' colours fill the bars and lines: the charts were drawn
     assert colours[(0x1F, 0x77, 0xB4)] > 2_000 and colours[(0xFF, 0x7F, 0x0E)] > 2_000
+
+
+def test_the_routers_own_refusals_are_reported_under_the_route(tmp_path: Path) -> None:
+    logs = synthetic(tmp_path, {"v1": 0.1, "v2": 0.1}, 50)
+    refused = [record(ts="2026-11-26T12:30:00.000Z", request_id=f"bad-{i}", route="fraud",
+                      model="fraud", version=None, role="primary", status=status,
+                      latency_ms=0.1, config_revision="abcdef123456")
+               for i, status in enumerate([422] * 7 + [413] * 2)]
+    (logs / "predictions-20261126T123000-1.jsonl").write_bytes(
+        b"".join(orjson.dumps(r) + b"\n" for r in refused))
+    report = build_report(logs, tmp_path / "state")
+    entry = report["routes"]["fraud"]
+    assert entry["refused"] == {"requests": 9, "by_status": {"413": 2, "422": 7}}
+    assert sum(v["requests"] for v in entry["versions"].values()) == 100  # not in a version
+    assert "refused before a version was chosen: 9 (413: 2, 422: 7)" in render_table(report)
+    assert "refused before a version was chosen" in render_html(report, logs)

@@ -195,6 +195,14 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
                arg_max(config_revision, ts) AS revision
         FROM records WHERE {clause} AND version IS NOT NULL
         GROUP BY route, version ORDER BY route, version""", params)
+    # Requests refused before a version was chosen (validation 422, 413, 503 when the log
+    # is full): the route's own refusals, in no version's row.
+    refused: dict[str, dict[str, int]] = defaultdict(dict)
+    for r in query.rows(f"""
+        SELECT route, status, count(*) AS n FROM records
+        WHERE {clause} AND version IS NULL AND route IS NOT NULL
+        GROUP BY route, status ORDER BY route, status""", params):
+        refused[r["route"]][str(r["status"])] = r["n"]
     shadow_where = clause.replace("role = 'primary'", "role = 'shadow'")
     shadows = {(r["route"], r["version"]): r for r in query.rows(f"""
         SELECT route, version, count(*) FILTER (WHERE compare IS NOT NULL) AS compared,
@@ -232,6 +240,11 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
             "shadow": {"compared": shadow["compared"] if shadow else 0,
                        "agreement": shadow["agreement"] if shadow else None},
             "outcomes": {}}
+    for name, by_status in refused.items():
+        entry = report["routes"].setdefault(name, {
+            "control": control_of(state_dir, latest[name][1], name, query.store)
+            if name in latest else None, "versions": {}})
+        entry["refused"] = {"requests": sum(by_status.values()), "by_status": by_status}
     for (name, version), shadow in shadows.items():  # versions that only ran as shadows
         entry = report["routes"].get(name)
         if entry is not None and version not in entry["versions"]:
@@ -286,9 +299,12 @@ def render_table(report: dict[str, Any]) -> str:
                 for stat, reason in (o.get("undefined") or {}).items():
                     text += f"  {stat} undefined ({reason})"
                 lines.append(text)
+        if entry.get("refused"):
+            lines.append(f"  refused before a version was chosen: {_refused(entry['refused'])}")
     if lines:
-        lines.append("(5xx are errors, in the error rate; 4xx, requests refused as invalid, "
-                     "are counted apart)")
+        lines.append("(5xx are errors, in the error rate; 4xx, requests the model server "
+                     "refused as invalid, are counted apart; the router's own refusals, "
+                     "before a version was chosen, are listed under the route)")
     return "\n".join(lines) if lines else "no primary records"
 
 
@@ -542,8 +558,15 @@ def _versions_html(entry: dict[str, Any]) -> str:
             "<th>5xx rate</th><th>4xx</th><th>4xx rate</th><th>p50 ms</th><th>p95 ms</th>"
             "<th>p99 ms</th><th>shadow agreement</th></tr>" + "".join(rows) + "</table>"
             '<p class="note">5xx are the errors (the error rate is 5xx / requests); 4xx are '
-            "requests refused as invalid (by validation or the model server), counted apart."
-            "</p>")
+            "requests refused as invalid by the model server, counted apart.</p>"
+            + (f'<p class="refused">refused before a version was chosen (validation, body '
+               f"size, a full log): {html.escape(_refused(entry['refused']))}</p>"
+               if entry.get("refused") else ""))
+
+
+def _refused(refused: dict[str, Any]) -> str:
+    codes = ", ".join(f"{code}: {n}" for code, n in refused["by_status"].items())
+    return f"{refused['requests']} ({codes})"
 
 
 def _percent(rate: float | None) -> str:
