@@ -109,6 +109,7 @@ def test_history_prints_aligned_columns_one_event_per_line(
     what = lines[0].index("what")
     assert [line[what:] for line in lines[1:]] == [
         "fraud: v1 95, v2 5", "fraud: v1 50, v2 50 step 2/3", "router.yaml: x: bad"]
+    assert lines[3].split()[2] == "-"  # a rejection has no revision
 
 
 @pytest.mark.parametrize("before, after, said", [
@@ -125,7 +126,14 @@ def test_history_prints_aligned_columns_one_event_per_line(
      {"fraud": {"weights": {"v1": 100}, "versions": ["v1"]}},
      ["fraud: versions - v2", "old: removed"]),
     ({"fraud": {"weights": {"v1": 100}}}, {"fraud": {"weights": {"v1": 100}}}, []),
-], ids=["weights-versions-validation", "colour-and-added-route", "removed", "no-change"])
+    ({"fraud": {"weights": {"v1": 90, "v2": 10}, "rollout": "k1"}},
+     {"fraud": {"weights": {"v1": 90, "v2": 10}, "rollout": "k2"}},
+     ["fraud: rollout block changed (it starts again)"]),
+    ({"fraud": {"weights": {"v1": 100}}},
+     {"fraud": {"weights": {"v1": 90, "v2": 10}, "rollout": "k1"}},
+     ["fraud: v1 100 -> v1 90, v2 10; rollout started"]),
+], ids=["weights-versions-validation", "colour-and-added-route", "removed", "no-change",
+        "rollout-block-changed", "rollout-started"])
 def test_history_says_what_changed(before: dict, after: dict, said: list[str]) -> None:
     from router.control.history import changes
     assert changes(before, after) == said

@@ -66,6 +66,10 @@ def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> list[
             parts.append("versions - " + ", ".join(gone))
         if old.get("validation") != new.get("validation") and "validation" in new:
             parts.append(f"validation {old.get('validation')} -> {new.get('validation')}")
+        if old.get("rollout") != new.get("rollout"):
+            parts.append("rollout " + ("started" if old.get("rollout") is None else
+                                       "removed" if new.get("rollout") is None else
+                                       "block changed (it starts again)"))
         if parts:
             out.append(f"{name}: " + "; ".join(parts))
     return out
@@ -149,7 +153,7 @@ def print_events(events: Iterable[Mapping[str, Any]], as_json: bool = False) -> 
     """``model-router history``: aligned columns, one event per line (an apply shows what
     changed from the previous one, a rejection its errors, a rollout event its step, weights
     and reason); further detail lines are indented."""
-    events = list(events)
+    events = sorted(events, key=lambda e: str(e.get("ts")))  # stable: file order at a tie
     if as_json:
         print_json(events)
         return
@@ -170,7 +174,7 @@ def print_events(events: Iterable[Mapping[str, Any]], as_json: bool = False) -> 
                     else ""
                 why = f"; {state['reason']}" if state.get("reason") else ""
                 lines.append(f"{name}: {_served(state)}{where}{why}")
-        head = (f"{e.get('ts')!s:<24}  {kind:<12} {e.get('revision')!s:<12} "
+        head = (f"{e.get('ts')!s:<24}  {kind:<12} {e.get('revision') or '-'!s:<12} "
                 f"{e.get('source')!s:<8} {e.get('replica') or '-':<12} ")
         print(head + (lines[0] if lines else ""))
         for line in lines[1:]:
