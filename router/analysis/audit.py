@@ -138,12 +138,12 @@ class LogQuery:
         if self.objects:
             assert self.store is not None
             self.store.register(self.db)
-            # Footers are read to bind the view (union_by_name) and again to scan it.
+            # Every shipped object has the same columns (logstore.COLUMNS): no union_by_name,
+            # which read every footer once more to bind the view (2-3x on 10M records).
             self.db.execute("SET parquet_metadata_cache = true")
             # The partition columns come from the path; a record keeps its fields only.
             parts.append(f"SELECT * EXCLUDE (date, hour) FROM read_parquet("
-                         f"{_list(self.objects)}, hive_partitioning=true, "
-                         f"union_by_name=true)")
+                         f"{_list(self.objects)}, hive_partitioning=true)")
         if parquet:
             parts.append(f"SELECT * FROM read_parquet({_list(parquet)})")
         if jsonl:

@@ -243,6 +243,10 @@ def run(conn: multiprocessing.connection.Connection, log_dir: str, to: str,
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s shipper-{os.getpid()} %(name)s: "
                                "%(message)s")
+    try:  # a background job: the router's requests come first when the CPU is short
+        os.nice(10)
+    except OSError:
+        pass
     shipper = Shipper(Path(log_dir), to, storage_options, replica,
                       Path(state_dir) if state_dir else None)
     pause = ROUND_S
