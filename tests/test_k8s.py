@@ -31,7 +31,8 @@ ROUTER_CONFIG = "model-router-config"     # its ConfigMap
 REPLICA_ENV = "MODEL_ROUTER_REPLICA"      # DESIGN.md, "Fleet": the replica id
 POD_NAME = "model-router-5d8c7f9b4-x2x7q"
 # What the Secret holds in the tests (any other secret key: "from-the-secret").
-SECRET_VALUES = {"MODEL_ROUTER_LOG_STORE": "s3://ml-audit/model-router"}
+SECRET_VALUES = {"MODEL_ROUTER_LOG_STORE": "s3://ml-audit/model-router",
+                 "REDIS_PASSWORD": "a-password"}
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -249,6 +250,15 @@ def test_fleet_store_is_the_redis_service_and_persists() -> None:
     mount = next(m for m in redis["volumeMounts"] if m["mountPath"] == data_dir)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in docs
+
+    # with the password: Redis requires the Secret's, and the store URL gives the routers'
+    secret = {"secretKeyRef": {"name": "model-router", "key": "redis-password"}}
+    password = next(e for e in redis["env"] if e["name"] == "REDIS_PASSWORD")
+    assert password["valueFrom"] == secret
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    assert urlsplit(fleet["store"]).password == "${REDIS_PASSWORD}"
+    _, router = router_pod(docs)
+    assert {"name": "REDIS_PASSWORD", "valueFrom": secret} in router["env"]
 
     # only the router's pods may connect, on the port the store URL names
     policy = docs[("NetworkPolicy", "redis")]

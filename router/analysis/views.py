@@ -137,7 +137,7 @@ def _audit_request(query: LogQuery, inputs: LogInputs, request_id: str, as_json:
         print(f"  {context['problem']}")
     entry = context["registry_entry"] or {}
     print(f"registry entry of {primary.get('model')}/{primary.get('version')}:")
-    for key in ("training_data", "schema", "metrics", "created", "model_version"):
+    for key in ("training_data", "schema", "metrics", "created", "model_version", "tags"):
         print(f"  {key}: {entry.get(key)}")
     if context["route"]:
         print(f"route as configured then: {context['route']}")
