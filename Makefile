@@ -24,16 +24,17 @@ test-fast: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 # The engines some tests run as child processes on 127.0.0.1: promtool (alert-rule unit tests),
-# prometheus and redis-server (tests/fleet), a container engine for tests/test_docker.py
-# (podman, with runc for hosts whose cgroups crun refuses; daemonless, so it works without a
-# docker daemon), and Debian's chromium (headless: tests/test_report.py renders `report --html`
-# in it and checks the screenshot and the DOM). Debian packages are installed when a command is
-# missing and apt-get is usable as root; otherwise the tests that need them are skipped with the
-# reason. (The packages may try to start their system services; the tests never use those, they
-# start their own on free ports.) podman is installed even beside a docker client: a client without
-# a daemon (as on this project's machines) cannot build; a docker that works is used first.
+# prometheus and redis-server (tests/fleet), and Debian's chromium (headless:
+# tests/test_report.py renders `report --html` in it and checks the screenshot and the DOM).
+# Debian packages are installed when a command is missing and apt-get is usable as root;
+# otherwise the tests that need them are skipped with the reason. (The packages may try to start
+# their system services; the tests never use those, they start their own on free ports.)
+# A container engine for tests/test_docker.py is not installed here: building the image needs
+# its base image from a container registry, which this project's machines (and CI) cannot
+# reach, so the test would skip anyway after minutes of installing; where docker or podman
+# (`apt-get install podman runc`) and a registry are available, the test builds and runs it.
 ENGINE_COMMANDS := promtool:prometheus prometheus:prometheus redis-server:redis-server \
-	podman:podman runc:runc chromium:chromium
+	chromium:chromium
 engines:
 	@missing=; for pair in $(ENGINE_COMMANDS); do \
 	  command -v "$${pair%%:*}" >/dev/null 2>&1 || case " $$missing " in \
