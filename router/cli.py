@@ -123,7 +123,8 @@ def _history(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .analysis.views import report
     return report(args.config, args.log_dir, route=args.route, since=args.since,
-                  html=args.html, as_json=args.json, log_store=args.log_store)
+                  until=args.until, html=args.html, as_json=args.json,
+                  log_store=args.log_store)
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", metavar="T",
                    help="records at or after T: ISO 8601 (UTC when no offset) or relative: "
                         "30m, 2h, 7d (default: the whole log)")
+    p.add_argument("--until", metavar="T",
+                   help="records before T: ISO 8601 (UTC when no offset) or relative: "
+                        "30m, 2h, 7d (default: up to now)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--html", metavar="FILE",
                    help="also write the report as one self-contained HTML page with charts "

@@ -333,3 +333,19 @@ def test_the_routers_own_refusals_are_reported_under_the_route(tmp_path: Path) -
     assert sum(v["requests"] for v in entry["versions"].values()) == 100  # not in a version
     assert "refused before a version was chosen: 9 (413: 2, 422: 7)" in render_table(report)
     assert "refused before a version was chosen" in render_html(report, logs)
+
+
+def test_report_until_leaves_out_what_came_after(tmp_path: Path, capsys) -> None:
+    from router.cli import main
+    logs = synthetic(tmp_path, {"v1": 0.1, "v2": 0.1}, 120)  # minutes 12:00 .. 12:59
+    config = tmp_path / "router.yaml"
+    config.write_text(f"prediction_log: {{dir: {logs}}}\nstate_dir: {tmp_path / 'state'}\n"
+                      "routes: []\n")
+    assert main(["report", "-c", str(config), "--json", "--since", "2026-11-26T12:00:00",
+                 "--until", "2026-11-26T12:30:00"]) == 0
+    half = orjson.loads(capsys.readouterr().out)["routes"]["fraud"]["versions"]
+    assert main(["report", "-c", str(config), "--json"]) == 0
+    whole = orjson.loads(capsys.readouterr().out)["routes"]["fraud"]["versions"]
+    for version in ("v1", "v2"):
+        assert whole[version]["requests"] == 120
+        assert half[version]["requests"] == 60  # minutes 0-29 of each hour's 60, twice

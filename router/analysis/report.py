@@ -174,10 +174,10 @@ def control_of(state_dir: Path, revision: str | None, route: str,
 
 def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
                  since: datetime | None = None, query: LogQuery | None = None,
-                 ) -> dict[str, Any]:
+                 until: datetime | None = None) -> dict[str, Any]:
     """The report of the records ``query`` sees (default: the local files of ``log_dir``)
-    from ``since`` on."""
-    query = query if query is not None else LogQuery(log_dir, since=since)
+    from ``since`` on and before ``until``."""
+    query = query if query is not None else LogQuery(log_dir, since=since, until=until)
     where, params = ["role = 'primary'"], []
     if route:
         where.append("route = ?")
@@ -185,6 +185,9 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
     if since:
         where.append("ts >= ?")
         params.append(iso(since.timestamp()))
+    if until:
+        where.append("ts < ?")
+        params.append(iso(until.timestamp()))
     clause = " AND ".join(where)
     rows = query.rows(f"""
         SELECT route, version, count(*) AS requests,
@@ -214,7 +217,8 @@ def build_report(log_dir: Path, state_dir: Path, *, route: str | None = None,
                     QUALIFY row_number() OVER (PARTITION BY request_id ORDER BY ts DESC) = 1)
         SELECT p.route, p.version, fb.outcome FROM records p JOIN fb USING (request_id)
         WHERE {clause.replace('role', 'p.role').replace('route =', 'p.route =')
-               .replace('ts >=', 'p.ts >=')} AND p.version IS NOT NULL""", params):
+               .replace('ts >=', 'p.ts >=').replace('ts < ?', 'p.ts < ?')}
+              AND p.version IS NOT NULL""", params):
         if isinstance(r["outcome"], dict):
             accs = outcomes[(r["route"], r["version"])]
             for name, value in r["outcome"].items():
@@ -574,15 +578,19 @@ def _percent(rate: float | None) -> str:
 
 
 def render_html(report: dict[str, Any], log_dir: Path, *, since: datetime | None = None,
-                query: LogQuery | None = None) -> str:
+                query: LogQuery | None = None, until: datetime | None = None) -> str:
     """The report as one self-contained HTML page, with charts of the records ``query`` sees
-    (default: the local files of ``log_dir``) from ``since`` on."""
-    query = query if query is not None else LogQuery(log_dir, since=since)
+    (default: the local files of ``log_dir``) from ``since`` on and before ``until``."""
+    query = query if query is not None else LogQuery(log_dir, since=since, until=until)
     window, params = ("AND ts >= ?", [iso(since.timestamp())]) if since else ("", [])
+    if until:
+        window, params = f"{window} AND ts < ?", [*params, iso(until.timestamp())]
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>model-router report"
              f"</title><style>{STYLE}</style></head><body><h1>model-router report</h1>"]
-    if since:
-        parts.append(f"<p>from {html.escape(iso(since.timestamp()))} on</p>")
+    if since or until:
+        start = iso(since.timestamp()) if since else "the start"
+        end = f" to {iso(until.timestamp())} (exclusive)" if until else " on"
+        parts.append(f"<p>from {html.escape(start)}{html.escape(end)}</p>")
     if not report["routes"]:
         parts.append("<p>no primary records</p>")
     for name, entry in report["routes"].items():

@@ -146,24 +146,24 @@ def _audit_request(query: LogQuery, inputs: LogInputs, request_id: str, as_json:
 
 def report(config: str, log_dir: str | None, *, route: str | None = None,
            since: str | None = None, html: str | None = None, as_json: bool = False,
-           log_store: str | None = None) -> int:
+           log_store: str | None = None, until: str | None = None) -> int:
     """``model-router report``: per version traffic, errors, latency and outcomes, over the
     shipped store (only the partitions from ``since`` on) and the local files."""
     from .report import build_report, render_html, render_table
 
-    inputs = log_inputs(config, log_dir, since, given_store=log_store)
+    inputs = log_inputs(config, log_dir, since, until, given_store=log_store)
     if inputs is None:
         return 1
     try:
         query = inputs.query()
         built = build_report(inputs.log_dir, inputs.state_dir, route=route,
-                             since=inputs.since, query=query)
+                             since=inputs.since, until=inputs.until, query=query)
     except StoreError as exc:
         print(exc, file=sys.stderr)
         return 1
     if html:
         Path(html).write_text(render_html(built, inputs.log_dir, since=inputs.since,
-                                          query=query))
+                                          until=inputs.until, query=query))
         print(f"wrote {html}", file=sys.stderr)
     if as_json:
         print_json(built)
