@@ -291,3 +291,36 @@ def test_audit_piped_into_a_reader_that_leaves_is_not_an_error(tmp_path: Path) -
     proc.stdout.close()  # what `head -1` does after its line
     _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err and proc.returncode == 0, err[-500:]
+
+
+def test_a_401_names_the_token_variable(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin API refuses a POST without the token; the CLI says which variable to set."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "admin token required", "code": "unauthorized"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        path = write_config(tmp_path, [base_route()],
+                            admin={"host": "127.0.0.1", "port": server.server_port,
+                                   "token_env": "ROUTER_TOKEN_FOR_TEST"})
+        monkeypatch.delenv("ROUTER_TOKEN_FOR_TEST", raising=False)
+        assert main(["rollout", "pause", "fraud", "-c", str(path)]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    assert err.strip() == ("401: admin token required (set ROUTER_TOKEN_FOR_TEST to the admin "
+                           "token; it is not set here)")

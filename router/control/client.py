@@ -44,7 +44,8 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
                                          data=b"{}", method="POST",
                                          headers={**headers,
                                                   "Content-Type": "application/json"})
-    body = _ask(request, base)
+    missing = token_env if token_env and not os.environ.get(token_env) else None
+    body = _ask(request, base, missing)
     if body is None:
         return 1
     if action != "status":  # the API answers with the rollout as it now stands
@@ -64,8 +65,9 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
     return 0
 
 
-def _ask(request: urllib.request.Request, base: str) -> Any:
-    """The admin API's JSON answer; None (said on stderr) when it refused or is unreachable."""
+def _ask(request: urllib.request.Request, base: str, token_env: str | None = None) -> Any:
+    """The admin API's JSON answer; None (said on stderr) when it refused or is unreachable.
+    ``token_env``: the token's variable, named in the answer to a 401 (it is not set)."""
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return orjson.loads(resp.read())
@@ -75,6 +77,8 @@ def _ask(request: urllib.request.Request, base: str) -> Any:
             text = orjson.loads(text)["error"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             pass
+        if exc.code == 401 and token_env:
+            text += f" (set {token_env} to the admin token; it is not set here)"
         print(f"{exc.code}: {text}", file=sys.stderr)
     except OSError as exc:
         print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
