@@ -68,6 +68,9 @@ async def test_audit_reads_the_revision_that_served(tmp_path: Path, upstreams, s
     human = cli("audit", "-c", str(path), "audit-me")
     assert human.returncode == 0
     assert "training_data: s3://d/v1.parquet" in human.stdout
+    # values print as JSON, never as Python reprs
+    assert '"against":"v1"' in human.stdout and "'against'" not in human.stdout
+    assert 'route as configured then: {"name":"fraud"' in human.stdout
 
     listed = cli("audit", "-c", str(path), "--role", "primary", "--since", "1h", "--json")
     assert [r["request_id"] for r in orjson.loads(listed.stdout)] == \

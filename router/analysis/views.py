@@ -131,17 +131,26 @@ def _audit_request(query: LogQuery, inputs: LogInputs, request_id: str, as_json:
               f"served_model_version={r['served_model_version']}")
         for key in ("fallback_from", "error", "compare", "outcome", "violations"):
             if r.get(key):
-                print(f"    {key}: {r[key]}")
+                print(f"    {key}: {_text(r[key])}")
     print(f"config revision {context['revision']} ({context.get('config_dir', '-')})")
     if context["problem"]:
         print(f"  {context['problem']}")
     entry = context["registry_entry"] or {}
     print(f"registry entry of {primary.get('model')}/{primary.get('version')}:")
     for key in ("training_data", "schema", "metrics", "created", "model_version", "tags"):
-        print(f"  {key}: {entry.get(key)}")
+        print(f"  {key}: {_text(entry.get(key))}")
     if context["route"]:
-        print(f"route as configured then: {context['route']}")
+        print(f"route as configured then: {_text(context['route'])}")
     return 0
+
+
+def _text(value: Any) -> str:
+    """A value as a person reads it: strings as they are, the rest as JSON (not repr)."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value, default=str).decode()
 
 
 def report(config: str, log_dir: str | None, *, route: str | None = None,
