@@ -215,6 +215,10 @@ async def test_rollout_cli(tmp_path: Path, upstreams, start_router) -> None:
     assert app.rollouts.states["fraud"].weight == 0
     code, out = await cli("abort", "nosuch")
     assert (code, out) == (1, "404: no rollout on route nosuch\n")
+    code, out = await cli("pause", "fraud", "--json")  # aborted: refused, said as JSON
+    assert code == 1 and orjson.loads(out) == {
+        "status": 409, "code": "conflict", "error": "cannot pause rollout fraud: it is "
+        "aborted (pause applies to a rollout that is running)"}
     code, out = await cli("pause")
     assert code == 2
 

@@ -45,7 +45,7 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
                                          headers={**headers,
                                                   "Content-Type": "application/json"})
     missing = token_env if token_env and not os.environ.get(token_env) else None
-    body = _ask(request, base, missing)
+    body = _ask(request, base, missing, as_json)
     if body is None:
         return 1
     if action != "status":  # the API answers with the rollout as it now stands
@@ -65,9 +65,11 @@ def rollout_command(config: str, action: str, route: str | None, admin: str | No
     return 0
 
 
-def _ask(request: urllib.request.Request, base: str, token_env: str | None = None) -> Any:
+def _ask(request: urllib.request.Request, base: str, token_env: str | None = None,
+         as_json: bool = False) -> Any:
     """The admin API's JSON answer; None (said on stderr) when it refused or is unreachable.
-    ``token_env``: the token's variable, named in the answer to a 401 (it is not set)."""
+    ``token_env``: the token's variable, named in the answer to a 401 (it is not set);
+    ``as_json``: the refusal is said as JSON too (``{"status", "error", "code"}``)."""
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return orjson.loads(resp.read())
@@ -79,9 +81,19 @@ def _ask(request: urllib.request.Request, base: str, token_env: str | None = Non
             pass
         if exc.code == 401 and token_env:
             text += f" (set {token_env} to the admin token; it is not set here)"
-        print(f"{exc.code}: {text}", file=sys.stderr)
+        if as_json:
+            code = {401: "unauthorized", 404: "not_found", 409: "conflict"}.get(exc.code)
+            print(orjson.dumps({"status": exc.code, "error": text, "code": code}).decode(),
+                  file=sys.stderr)
+        else:
+            print(f"{exc.code}: {text}", file=sys.stderr)
     except OSError as exc:
-        print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
+        if as_json:
+            print(orjson.dumps({"status": None, "error": f"cannot reach the admin API at "
+                                f"{base}: {exc}", "code": "unreachable"}).decode(),
+                  file=sys.stderr)
+        else:
+            print(f"cannot reach the admin API at {base}: {exc}", file=sys.stderr)
     return None
 
 
@@ -89,7 +101,7 @@ def fleet_command(config: str, admin: str | None = None, as_json: bool = False) 
     """``model-router fleet status``: ``GET /-/fleet`` of the replica at ``admin`` (or the
     config's admin port) and print it."""
     base = admin or admin_of(config)[0]
-    body = _ask(urllib.request.Request(f"{base}/-/fleet"), base)
+    body = _ask(urllib.request.Request(f"{base}/-/fleet"), base, as_json=as_json)
     if body is None:
         return 1
     if as_json:
