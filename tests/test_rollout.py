@@ -156,6 +156,8 @@ async def test_restart_resumes_and_pause_holds(tmp_path: Path, upstreams, start_
     clock.now += 61
     await app.rollouts.tick()
     assert app.rollouts.states["fraud"].weight == 50
+    # status shows the new step's evidence (none yet), not the step just judged
+    assert app.rollouts.status()[0]["evidence"]["canary"]["requests"] == 0
     await app.stop()
 
     again = await start_router(path, rollout_clock=clock, run_rollouts=False)
