@@ -328,7 +328,8 @@ class Controller:
             self.states[route.name] = new
         if new.step != old.step or new.status != old.status or new.weight != old.weight:
             self.evidence.reset(route.name)
-            self._arms.pop(route.name, None)  # status shows the new step's, not the last
+            if new.status == RUNNING:  # a new step: status shows its evidence, not the last
+                self._arms.pop(route.name, None)  # (an end keeps what it was decided on)
         self._apply()  # every stored change goes live (a supervisor sends it to its workers)
         if event is not None:
             self._event(event, route, new, evidence)
