@@ -324,3 +324,21 @@ def test_a_401_names_the_token_variable(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert err.strip() == ("401: admin token required (set ROUTER_TOKEN_FOR_TEST to the admin "
                            "token; it is not set here)")
+
+
+def test_history_tells_an_apply_against_the_weights_a_rollout_left(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from router.control.history import print_events
+    route = {"versions": ["v1", "v2"], "validation": "enforce", "rollout": "k1"}
+    print_events([
+        {"ts": "2026-11-26T10:00:00.000Z", "event": "applied", "revision": "a",
+         "source": "file", "routes": {"fraud": {**route, "weights": {"v1": 90, "v2": 10}}}},
+        {"ts": "2026-11-26T11:00:00.000Z", "event": "promoted", "revision": "a",
+         "source": "rollout", "routes": {"fraud": {"weights": {"v1": 0, "v2": 100},
+                                                   "step": 1, "steps": 2, "rollout": "k1"}}},
+        {"ts": "2026-11-26T12:00:00.000Z", "event": "applied", "revision": "b",
+         "source": "file", "routes": {"fraud": {**route, "weights": {"v1": 0, "v2": 100},
+                                                "validation": "log"}}},
+    ])
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith("fraud: validation enforce -> log")  # not "v1 90, v2 10 -> ..."

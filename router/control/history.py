@@ -169,6 +169,10 @@ def print_events(events: Iterable[Mapping[str, Any]], as_json: bool = False) -> 
         else:
             lines = []
             for name, state in (e.get("routes") or {}).items():
+                if previous is not None and name in previous and "weights" in state:
+                    # what is live now: the next apply's change is told against it
+                    previous = {**previous, name: {**previous[name],
+                                                   "weights": state["weights"]}}
                 step = state.get("step")
                 where = f" step {step + 1}/{state.get('steps', '?')}" if step is not None \
                     else ""
