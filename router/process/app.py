@@ -33,7 +33,14 @@ from ..observers.predlog import PredictionLog
 from ..observers.shadow import Shadows
 from ..observers.ship import SHIPPER_DOWN_S, ShipProcess
 from .lifecycle import Lifecycle
-from .wiring import close_fleet, control_plane, fleet_store, follower, ship_replica
+from .wiring import (
+    close_fleet,
+    control_plane,
+    fleet_store,
+    follower,
+    join_fleet,
+    ship_replica,
+)
 
 log = logging.getLogger("model_router")
 
@@ -136,13 +143,7 @@ class RouterApp(Lifecycle):
                 shadows.observers.append(evidence.shadow)
                 proxy.feedback_observers.append(("rollout", evidence.feedback))
             if self.fleet is not None:
-                member = self.fleet
-                def save_revision(applied: Snapshot) -> None:
-                    self.tasks.spawn(member.save_revision(applied))
-                reloader.on_applied.append(save_revision)
-                await member.hold_lease()  # lead at once when the lease is free
-                await member.sync()        # and serve the fleet's weights from the start
-                self.tasks.spawn(member.run())
+                await join_fleet(self.fleet, reloader, self.tasks)
             if self.run_rollouts:
                 self.tasks.spawn(self.rollouts.run())
             reloader.applied(snapshot)
@@ -207,9 +208,8 @@ class RouterApp(Lifecycle):
         await self.tasks.close()
         if self.attribution is not None:
             await self.attribution.flush()
-        await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None)
-        if self.fleet is None and self.store is not None:
-            await self.store.close()
+        await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None,
+                          self.store)
         if self.client is not None:
             self.client.close()
         if self.admin is not None:

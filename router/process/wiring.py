@@ -26,6 +26,7 @@ from ..control.reload import Reloader
 from ..control.rollout import Controller, FileStates, Following, States
 from ..control.store import FleetStore
 from ..metrics import Metrics
+from .lifecycle import TaskSet
 
 
 def ship_replica() -> str:
@@ -84,8 +85,25 @@ def follower(live: Live, reloader: Reloader, history: History, metrics: Metrics,
     return controller
 
 
-async def close_fleet(member: FleetMember | None, evidence: Any) -> None:
+async def join_fleet(member: FleetMember, reloader: Reloader, tasks: TaskSet) -> None:
+    """Start a process's fleet membership: every applied revision's files go to the store;
+    the lease is taken at once when free and the fleet's weights read before serving; the
+    member's loops run in ``tasks``."""
+    def save_revision(applied: Snapshot) -> None:
+        tasks.spawn(member.save_revision(applied))
+    reloader.on_applied.append(save_revision)
+    await member.hold_lease()
+    await member.sync()
+    tasks.spawn(member.run())
+
+
+async def close_fleet(member: FleetMember | None, evidence: Any,
+                      store: FleetStore | None) -> None:
+    """Close what ``control_plane`` and ``fleet_store`` opened (the member closes the store;
+    a worker has a store and no member)."""
     if isinstance(evidence, PrometheusEvidence):
         await evidence.close()
     if member is not None:
         await member.close()
+    elif store is not None:
+        await store.close()

@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..metrics import Metrics
 from ..observers.ship import SHIPPER_DOWN_S, ShipProcess
 from .lifecycle import Lifecycle
-from .wiring import close_fleet, control_plane, fleet_store, ship_replica
+from .wiring import close_fleet, control_plane, fleet_store, join_fleet, ship_replica
 
 log = logging.getLogger("model_router.workers")
 
@@ -175,14 +175,7 @@ class Supervisor(Lifecycle):
             snapshot, live, reloader, self.history, self.metrics, self._store,
             MetricsEvidence(self._worker_samples), self._refresh)
         if self.fleet is not None:
-            member = self.fleet
-
-            def save_revision(applied: Snapshot) -> None:
-                self.tasks.spawn(member.save_revision(applied))
-            reloader.on_applied.append(save_revision)
-            await member.hold_lease()
-            await member.sync()
-            self.tasks.spawn(member.run())
+            await join_fleet(self.fleet, reloader, self.tasks)
         reloader.applied(snapshot)
         self.tasks.spawn(self.rollouts.run())
         # Workers are fresh interpreters: they import prometheus_client in multiprocess mode,
@@ -316,9 +309,8 @@ class Supervisor(Lifecycle):
         if self.shipper is not None:  # every worker closed its segment: ship them
             await self.shipper.finish(max(1.0, deadline - time.monotonic()))
         await self.tasks.close()
-        await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None)
-        if self.fleet is None and self._store is not None:
-            await self._store.close()
+        await close_fleet(self.fleet, self.rollouts.evidence if self.rollouts else None,
+                          self._store)
         if self.admin is not None:
             await self.admin.close()
         if self._metrics_dir is not None:
