@@ -12,6 +12,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -321,6 +322,38 @@ async def wait_ready(served: Served, client: aiohttp.ClientSession,
             pass
         await asyncio.sleep(0.05)
     raise AssertionError("router never became ready")
+
+
+async def serve_logged(path: Path, port: int, admin: int, client: aiohttp.ClientSession,
+                       *args: str, replica: str = "r1",
+                       env: dict[str, str] | None = None) -> Served:
+    """``model-router serve -c path *args`` as replica ``replica`` (environment ``env``,
+    default this process's), its output in a log file beside the config; ready when
+    returned."""
+    log = path.parent / f"serve-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "router.cli", "serve", "-c", str(path), *args, cwd=ROOT,
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+            env={**(os.environ if env is None else env), "MODEL_ROUTER_REPLICA": replica})
+    served = Served(proc, port, admin)
+    await wait_ready(served, client, timeout=60)
+    return served
+
+
+async def send_numbered(served: Served, n: int, prefix: str) -> list[str]:
+    """``n`` inference requests one after another, with request ids ``<prefix>-<i>``; each
+    must be answered 200. Returns the ids."""
+    ids = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(n):
+            rid = f"{prefix}-{i}"
+            async with session.post(served.url("/v2/models/fraud/infer"), data=b"{}",
+                                    headers={"x-request-id": rid}) as resp:
+                await resp.read()
+                assert resp.status == 200, (rid, resp.status)
+            ids.append(rid)
+    return ids
 
 
 class FakeTransport(asyncio.Transport):

@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from helpers import ROOT, Served, echo_versions, free_port, route, wait_ready, write_config
+from helpers import (
+    Served,
+    echo_versions,
+    free_port,
+    route,
+    send_numbered,
+    serve_logged,
+    write_config,
+)
 
 from router import logstore
 from router.config import PredictionLogSettings, Ship
@@ -44,32 +50,6 @@ def ship_config(tmp_path: Path, urls: dict[str, str], every_s: float = 1.0,
     return path, port, admin
 
 
-async def serve(path: Path, port: int, admin: int, client, *args: str,
-                replica: str = "r1") -> Served:
-    log = open(path.parent / f"serve-{time.monotonic_ns()}.log", "wb")
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router.cli", "serve", "-c", str(path), *args, cwd=ROOT,
-        stdout=log, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "MODEL_ROUTER_REPLICA": replica})
-    log.close()
-    served = Served(proc, port, admin)
-    await wait_ready(served, client, timeout=60)
-    return served
-
-
-async def send(served: Served, n: int, prefix: str) -> list[str]:
-    ids = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(n):
-            rid = f"{prefix}-{i}"
-            async with session.post(served.url("/v2/models/fraud/infer"), data=b"{}",
-                                    headers={"x-request-id": rid}) as resp:
-                assert resp.status == 200
-                await resp.read()
-            ids.append(rid)
-    return ids
-
-
 async def stop(served: Served) -> None:
     served.proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(served.proc.wait(), 60) == 0
@@ -86,10 +66,10 @@ def exactly_once(store: Path, ids: list[str]) -> None:
 async def test_segments_ship_by_time_and_at_sigterm(tmp_path: Path, upstreams, client) -> None:
     urls = await echo_versions(upstreams, "v1", "v2")
     path, port, admin = ship_config(tmp_path, urls, every_s=1)
-    served = await serve(path, port, admin, client)
+    served = await serve_logged(path, port, admin, client)
     store = tmp_path / "store"
     try:
-        first = await send(served, 200, "a")
+        first = await send_numbered(served, 200, "a")
         deadline = time.monotonic() + 15  # every_s 1 + a shipping round of 1 s, bounded
         while len(store_records(store)) < 200 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -98,7 +78,7 @@ async def test_segments_ship_by_time_and_at_sigterm(tmp_path: Path, upstreams, c
             text = await resp.text()
         assert "model_router_predlog_shipped_total 200.0" in text
         assert "model_router_predlog_ship_errors_total 0.0" in text
-        second = await send(served, 50, "b")  # still in the open segment at SIGTERM
+        second = await send_numbered(served, 50, "b")  # still in the open segment at SIGTERM
     finally:
         await stop(served)
     exactly_once(store, first + second)
@@ -120,13 +100,13 @@ async def test_a_kill_9_leaves_segments_the_next_start_ships(tmp_path: Path, ups
                                                              client) -> None:
     urls = await echo_versions(upstreams, "v1", "v2")
     path, port, admin = ship_config(tmp_path, urls, every_s=3600)  # nothing ships by time
-    served = await serve(path, port, admin, client)
-    ids = await send(served, 120, "k")
+    served = await serve_logged(path, port, admin, client)
+    ids = await send_numbered(served, 120, "k")
     await asyncio.sleep(0.3)  # past flush_ms (50 ms): the records are on disk
     served.proc.send_signal(signal.SIGKILL)
     await served.proc.wait()
     assert store_records(tmp_path / "store") == []
-    again = await serve(path, port, admin, client)  # same replica id
+    again = await serve_logged(path, port, admin, client)  # same replica id
     try:
         deadline = time.monotonic() + 15
         while len(store_records(tmp_path / "store")) < 120 and time.monotonic() < deadline:
@@ -142,11 +122,11 @@ async def test_two_workers_segments_ship_through_the_supervisor(tmp_path: Path, 
                                                                 client) -> None:
     urls = await echo_versions(upstreams, "v1", "v2")
     path, port, admin = ship_config(tmp_path, urls, every_s=2)
-    served = await serve(path, port, admin, client, "--workers", "2")
+    served = await serve_logged(path, port, admin, client, "--workers", "2")
     ids: list[str] = []
     try:
         for k in range(20):  # fresh connections: both workers serve
-            ids += await send(served, 10, f"w{k}")
+            ids += await send_numbered(served, 10, f"w{k}")
     finally:
         await stop(served)
     exactly_once(tmp_path / "store", ids)
@@ -328,7 +308,7 @@ def test_a_name_is_never_reused_by_the_process_that_used_it(tmp_path: Path) -> N
 async def test_a_dead_shipper_is_restarted(tmp_path: Path, upstreams, client) -> None:
     urls = await echo_versions(upstreams, "v1", "v2")
     path, port, admin = ship_config(tmp_path, urls, every_s=1)
-    served = await serve(path, port, admin, client)
+    served = await serve_logged(path, port, admin, client)
     try:
         def shippers() -> set[int]:
             pids = set()
@@ -347,7 +327,7 @@ async def test_a_dead_shipper_is_restarted(tmp_path: Path, upstreams, client) ->
         while not (shippers() - first) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert shippers() - first, "no new shipper"
-        ids = await send(served, 40, "after")
+        ids = await send_numbered(served, 40, "after")
         deadline = time.monotonic() + 15
         while len(store_records(tmp_path / "store")) < 40 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -376,8 +356,8 @@ async def test_sigterm_with_a_store_that_hangs_stays_within_the_grace(
                 "to": "s3://bucket/log", "every_s": 1, "storage_options": {
                     "endpoint_url": f"http://127.0.0.1:{hole.getsockname()[1]}",
                     "key": "k", "secret": "s"}}})
-        served = await serve(path, port, admin, client)
-        await send(served, 20, "h")
+        served = await serve_logged(path, port, admin, client)
+        await send_numbered(served, 20, "h")
         await asyncio.sleep(1.5)  # a segment closed; its upload hangs
         started = time.monotonic()
         served.proc.send_signal(signal.SIGTERM)

@@ -9,7 +9,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 from helpers import (
-    ROOT,
     Served,
     Upstreams,
     echo_versions,
     free_port,
     route,
-    wait_ready,
+    send_numbered,
+    serve_logged,
     write_config,
 )
 from moto.server import ThreadedMotoServer
@@ -100,29 +99,9 @@ def s3_config(tmp_path: Path, urls: dict[str, str], moto: MotoS3) -> tuple[Path,
 
 
 async def serve(path: Path, port: int, admin: int, client: aiohttp.ClientSession) -> Served:
+    """A router whose only S3 credentials are the config's (no AWS_* from this shell)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    with (path.parent / "serve.log").open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "router.cli", "serve", "-c", str(path), cwd=ROOT,
-            stdout=log, stderr=asyncio.subprocess.STDOUT,
-            env={**env, "MODEL_ROUTER_REPLICA": REPLICA})
-    served = Served(proc, port, admin)
-    await wait_ready(served, client, timeout=60)
-    return served
-
-
-async def send(served: Served, n: int, prefix: str) -> list[str]:
-    """``n`` requests one after another; each must be answered 200."""
-    ids = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(n):
-            rid = f"{prefix}-{i}"
-            async with session.post(served.url("/v2/models/fraud/infer"), data=b"{}",
-                                    headers={"x-request-id": rid}) as resp:
-                await resp.read()
-                assert resp.status == 200, (rid, resp.status)
-            ids.append(rid)
-    return ids
+    return await serve_logged(path, port, admin, client, replica=REPLICA, env=env)
 
 
 async def metric(served: Served, client: aiohttp.ClientSession, name: str) -> float:
@@ -199,11 +178,11 @@ async def test_ships_every_record_to_s3_once(tmp_path: Path, moto: MotoS3) -> No
     async with aiohttp.ClientSession() as client:
         served = await serve(path, port, admin, client)
         try:
-            first = await send(served, 150, "a")
+            first = await send_numbered(served, 150, "a")
             # shipped while serving (every_s 1, a round a second), before any shutdown
             await until(served, client, "predlog_shipped_total", 150, timeout=30)
             assert await metric(served, client, "predlog_ship_errors_total") == 0
-            second = await send(served, 150, "b")  # mostly in the open segment at SIGTERM
+            second = await send_numbered(served, 150, "b")  # mostly in the open segment at SIGTERM
         finally:
             await stop(served)
     await ups.close()
@@ -220,14 +199,14 @@ async def test_s3_down_costs_disk_not_requests(tmp_path: Path, moto: MotoS3) -> 
     async with aiohttp.ClientSession() as client:
         served = await serve(path, port, admin, client)
         try:
-            before = await send(served, 50, "before")
+            before = await send_numbered(served, 50, "before")
             await until(served, client, "predlog_shipped_total", 50, timeout=30)
             moto.stop()
-            during = await send(served, 100, "during")  # every one answered 200
+            during = await send_numbered(served, 100, "during")  # every one answered 200
             # segments close every second and cannot go anywhere
             await until(served, client, "predlog_ship_errors_total", 1, timeout=60)
             await until(served, client, "predlog_unshipped_bytes", 1, timeout=30)
-            more = await send(served, 50, "during2")
+            more = await send_numbered(served, 50, "during2")
             assert await metric(served, client, "predlog_shipped_total") == 50
             # back on the same port: moto keeps its state in this process's memory, so the
             # bucket (and the objects shipped before) may survive; make sure the bucket exists
@@ -236,7 +215,7 @@ async def test_s3_down_costs_disk_not_requests(tmp_path: Path, moto: MotoS3) -> 
             # the shipper's backoff doubles to 60 s at most; the outage lasted seconds
             await until(served, client, "predlog_shipped_total", 200, timeout=90)
             assert await metric(served, client, "predlog_unshipped_bytes") >= 0
-            after = await send(served, 30, "after")
+            after = await send_numbered(served, 30, "after")
         finally:
             await stop(served)
     await ups.close()
