@@ -71,7 +71,8 @@ def _bad_time(args: argparse.Namespace) -> str | None:
 
 def _serve(args: argparse.Namespace) -> int:
     from .process.main import serve
-    return serve(args.config, args.workers, port=args.port, admin_port=args.admin_port)
+    return serve(args.config, args.workers, port=args.port, admin_port=args.admin_port,
+                 grpc_port=args.grpc_port)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="listen port, 0-65535 (default: listen.port of the config)")
     p.add_argument("--admin-port", type=_port,
                    help="admin port, 0-65535 (default: admin.port of the config)")
+    p.add_argument("--grpc-port", type=_port,
+                   help="gRPC V2 port, 0-65535 (default: grpc.port of the config; without "
+                        "a grpc block, this opens one on the listen host)")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("check", help="validate config, registry and schema compatibility")

@@ -118,6 +118,9 @@ class Metrics:
                                           "Fleet store (Redis) calls that failed.", registry=r)
         self.evidence_errors = Counter("model_router_evidence_errors_total",
                                        "Rollout evidence queries that failed.", registry=r)
+        self.grpc_requests = Counter("model_router_grpc_requests_total",
+                                     "gRPC calls answered, by gRPC status name.",
+                                     ["route", "version", "role", "code"], registry=r)
         self._outcome_names: dict[str, set[str]] = {}
         self._request_children: dict[tuple[str, str, str, int], Any] = {}
         self._duration_children: dict[tuple[str, str, str], Any] = {}

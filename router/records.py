@@ -113,6 +113,11 @@ class Exchange:
     inference: bool = False        # a request with a body (or a POST): recorded, observed
     valid_json: bool = False       # the request body parsed as JSON
     answer: Any = None             # the parsed answer, when the proxy parsed it
+    # The JSON equivalent of a body that travelled in another form (V2 binary tensors, gRPC):
+    # what validation, drift, comparison and the log read; the body itself went as it came.
+    request_json: bytes | None = None
+    response_json: bytes | None = None
+    answer_header: int | None = None   # a binary answer's JSON header size (decoded later)
 
     # What the prediction log reads besides the fields above: an Exchange is its own entry
     # (no copy on the hot path); it is never changed after it is handed over.
@@ -200,6 +205,13 @@ class Record(Protocol):
     @property
     def answer(self) -> Any: ...
 
+    # the JSON equivalents of bodies that travelled as binary tensors or gRPC (or None)
+    @property
+    def request_json(self) -> bytes | None: ...
+
+    @property
+    def response_json(self) -> bytes | None: ...
+
 
     @property
     def revision(self) -> str: ...
@@ -235,6 +247,8 @@ class Entry:
     outcome: dict[str, Any] | None = None
     valid_json: bool = False
     answer: Any = None
+    request_json: bytes | None = None
+    response_json: bytes | None = None
 
 
 class RecordSink(Protocol):

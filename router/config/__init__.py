@@ -12,6 +12,7 @@ from .snapshot import (
     Checks,
     Drift,
     Fleet,
+    GrpcTls,
     Limits,
     Listen,
     Live,
@@ -28,7 +29,7 @@ from .snapshot import (
     bucket_bounds,
 )
 
-__all__ = ["BUCKETS", "Admin", "BlueGreen", "Checks", "Drift", "Fleet", "Limits", "Listen", "Live",
+__all__ = ["BUCKETS", "Admin", "BlueGreen", "Checks", "Drift", "Fleet", "GrpcTls", "Limits", "Listen", "Live",
            "Outlier", "Override", "PredictionLogSettings", "Rollout", "Route", "Shadow", "Ship",
            "Snapshot", "Sticky", "Version", "bucket_bounds", "load_snapshot", "loopback",
            "revision_of"]

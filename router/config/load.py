@@ -148,6 +148,7 @@ def load_snapshot(path: str | Path, *, source: str = "file",
             registry_problems, registry_warnings = gp.errors, gp.warnings
 
     listen = _listen(rp, top.get("listen", {}))
+    grpc = _listen(rp, top["grpc"], "grpc", GRPC_PORT) if "grpc" in top else None
     limits = _limits(rp, top.get("limits", {}))
     admin = _admin(rp, top.get("admin", {}), env)
     state_dir = base / (rp.string("state_dir", top["state_dir"]) or STATE_DIR) \
@@ -162,6 +163,13 @@ def load_snapshot(path: str | Path, *, source: str = "file",
                          "it on Prometheus's sums over every replica; set fleet.prometheus")
     if listen.port == admin.port and listen.port and listen.host == admin.host:
         rp.error("admin.port", f"the admin port {admin.port} is the listen port")
+    if grpc is not None and grpc.port:
+        for name, other in (("listen", listen), ("admin", admin)):
+            if other.port == grpc.port and other.host == grpc.host:
+                rp.error("grpc.port", f"the gRPC port {grpc.port} is the {name} port")
+        if not any(v.grpc for r in routes for v in r.versions.values()):
+            rp.warn("grpc", "no version names a grpc address: every gRPC inference call "
+                       "will be answered NOT_FOUND")
 
     errors = rp.errors + registry_problems
     if errors:
@@ -170,24 +178,28 @@ def load_snapshot(path: str | Path, *, source: str = "file",
                     path=path, files=files, listen=listen, limits=limits, admin=admin,
                     state_dir=state_dir, prediction_log=predlog,
                     routes=tuple(sorted(routes, key=lambda r: len(r.prefix), reverse=True)),
-                    registry=registry, fleet=fleet, warnings=tuple(rp.warnings + registry_warnings),
+                    registry=registry, fleet=fleet, grpc=grpc,
+                    warnings=tuple(rp.warnings + registry_warnings),
                     baselines=baselines)
 
 
 # -- sections ----------------------------------------------------------------------------------
 
-_TOP_KEYS = ("listen", "limits", "admin", "registry", "state_dir", "prediction_log", "fleet",
-             "routes")
+_TOP_KEYS = ("listen", "grpc", "limits", "admin", "registry", "state_dir", "prediction_log",
+             "fleet", "routes")
+GRPC_PORT = 8081          # the gRPC port when the ``grpc`` block does not name one
 
 
 def _port(p: Problems, path: str, value: Any) -> int | None:
     return p.number(path, value, low=0, high=65535, integer=True)  # type: ignore[return-value]
 
 
-def _listen(p: Problems, raw: Any) -> Listen:
-    spec = p.mapping("listen", raw, ("host", "port")) or {}
-    host = p.string("listen.host", spec["host"]) if "host" in spec else None
-    port = _port(p, "listen.port", spec["port"]) if "port" in spec else None
+def _listen(p: Problems, raw: Any, key: str = "listen", default_port: int | None = None,
+            ) -> Listen:
+    """``listen`` (HTTP) or ``grpc``: a host and a port."""
+    spec = p.mapping(key, raw, ("host", "port")) or {}
+    host = p.string(f"{key}.host", spec["host"]) if "host" in spec else None
+    port = _port(p, f"{key}.port", spec["port"]) if "port" in spec else default_port
     given: dict[str, Any] = {"host": host or None, "port": port}  # "" means the default
     return Listen(**{k: v for k, v in given.items() if v is not None})
 

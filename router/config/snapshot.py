@@ -61,6 +61,20 @@ class Version:
     host: str | None
     tls: ssl.SSLContext | None
     model_version: str | None             # what the model server reports itself as
+    grpc: str | None = None               # host:port of its gRPC V2 service; None: HTTP only
+    grpc_tls: GrpcTls | None = None       # TLS to that service (the version's ``tls`` files)
+    # The model name (and version) its gRPC service serves: the url's path, /v2/models/NAME
+    # [/versions/V]; ModelInfer's model_name and model_version are rewritten to these.
+    grpc_model: tuple[str, str] = ("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcTls:
+    """PEM bytes for a gRPC channel's TLS (grpc takes bytes, not an SSLContext)."""
+
+    ca: bytes | None
+    cert: bytes | None
+    key: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +287,7 @@ class Snapshot:
     routes: tuple[Route, ...]             # longest prefix first
     registry: Registry
     fleet: Fleet | None = None
+    grpc: Listen | None = None            # the gRPC V2 port; None: no gRPC listener
     warnings: tuple[str, ...] = field(default=())
     # Drift baselines named by the registry, read and checked with the config (off the loop)
     baselines: Mapping[Path, Mapping[str, Any]] = field(default_factory=dict)

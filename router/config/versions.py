@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from .problems import Problems, join
 from .registry import Registry
-from .snapshot import Version
+from .snapshot import GrpcTls, Version
 
 
 def compile_versions(p: Problems, path: str, raw: Any, registry: Registry, model: str | None,
@@ -82,7 +82,9 @@ def _url(p: Problems, path: str, raw: Any) -> str | None:
     return url.rstrip("/")
 
 
-def _tls(p: Problems, path: str, raw: Any, base: Path) -> ssl.SSLContext | None:
+def _tls(p: Problems, path: str, raw: Any, base: Path,
+         ) -> tuple[ssl.SSLContext, GrpcTls] | None:
+    """The version's TLS: a context for HTTP, and the same files as PEM bytes for gRPC."""
     spec = p.mapping(path, raw, ("ca_file", "cert_file", "key_file"))
     if not spec:
         return None
@@ -95,15 +97,39 @@ def _tls(p: Problems, path: str, raw: Any, base: Path) -> ssl.SSLContext | None:
         ctx = ssl.create_default_context(cafile=str(base / ca) if ca else None)
         if cert and key:
             ctx.load_cert_chain(str(base / cert), str(base / key))
+        pem = GrpcTls(*((base / f).read_bytes() if f else None for f in (ca, cert, key)))
     except (OSError, ssl.SSLError) as exc:
         p.error(path, f"cannot load TLS files: {exc}")
         return None
-    return ctx
+    return ctx, pem
+
+
+def _grpc(p: Problems, path: str, raw: Any) -> str | None:
+    """A gRPC address, ``host:port`` (no scheme: TLS follows the version's ``tls``)."""
+    address = p.string(path, raw)
+    if address is None:
+        return None
+    host, sep, port = address.rpartition(":")
+    if (bad := _control(address)) is not None or not sep or not host or not port.isdigit() \
+            or not 0 < int(port) < 65536 or any(c in address for c in " \t/?#@"):
+        p.error(path, f"must be host:port, got {bad or repr(address)}")
+        return None
+    return address
+
+
+def _grpc_model(url: str) -> tuple[str, str]:
+    """The model (and version) a V2 url serves: ``.../v2/models/NAME[/versions/V]``, else
+    the url's last path segment and no version."""
+    parts = [s for s in urlsplit(url).path.split("/") if s]
+    if len(parts) >= 2 and parts[-2] == "versions" and len(parts) >= 4 \
+            and parts[-4] == "models":
+        return parts[-3], parts[-1]
+    return (parts[-1] if parts else ""), ""
 
 
 def _version(p: Problems, path: str, name: str, raw: Any, registry: Registry,
              model: str | None, base: Path) -> Version | None:
-    spec = p.mapping(path, raw, ("url", "urls", "headers", "host", "tls"))
+    spec = p.mapping(path, raw, ("url", "urls", "headers", "host", "tls", "grpc"))
     if spec is None:
         return None
     urls: list[str] = []
@@ -144,10 +170,13 @@ def _version(p: Problems, path: str, name: str, raw: Any, registry: Registry,
                 "sent as the Host header of every upstream request")
         host = None
     tls = _tls(p, join(path, "tls"), spec["tls"], base) if "tls" in spec else None
+    grpc = _grpc(p, join(path, "grpc"), spec["grpc"]) if "grpc" in spec else None
     entry = registry.version(model, name) if model else None
     if not urls:
         return None
-    return Version(name=name, urls=tuple(urls), headers=tuple(headers), host=host, tls=tls,
-                   model_version=entry.model_version if entry else None)
+    return Version(name=name, urls=tuple(urls), headers=tuple(headers), host=host,
+                   tls=tls[0] if tls else None,
+                   model_version=entry.model_version if entry else None, grpc=grpc,
+                   grpc_tls=tls[1] if tls and grpc else None, grpc_model=_grpc_model(urls[0]))
 
 

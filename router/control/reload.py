@@ -28,7 +28,7 @@ POLL_S = 0.2
 # Settings a running process keeps from its start: the sockets, the prediction log (its files,
 # payload policy and size caps: one log, one set of settings) and the state directory. A
 # reload still applies the rest of the file; these wait for a restart and say so.
-RESTART_ONLY = ("listen", "admin", "prediction_log", "state_dir", "fleet")
+RESTART_ONLY = ("listen", "grpc", "admin", "prediction_log", "state_dir", "fleet")
 
 
 def _plain(value: Any) -> Any:
@@ -44,15 +44,19 @@ def _plain(value: Any) -> Any:
 
 
 def with_ports(port: int | None = None, admin_port: int | None = None,
-               ) -> Callable[[Snapshot], Snapshot]:
-    """``serve --port/--admin-port``: replace the file's ports, keeping its revision (the
-    files are unchanged), so replicas on one host can share one config."""
+               grpc_port: int | None = None) -> Callable[[Snapshot], Snapshot]:
+    """``serve --port/--admin-port/--grpc-port``: replace the file's ports, keeping its
+    revision (the files are unchanged), so replicas on one host can share one config. A gRPC
+    port without a ``grpc`` block in the file opens one on the listen host."""
     def override(snapshot: Snapshot) -> Snapshot:
         changes: dict[str, Any] = {}
         if port is not None:
             changes["listen"] = dataclasses.replace(snapshot.listen, port=port)
         if admin_port is not None:
             changes["admin"] = dataclasses.replace(snapshot.admin, port=admin_port)
+        if grpc_port is not None:
+            changes["grpc"] = dataclasses.replace(snapshot.grpc or snapshot.listen,
+                                                  port=grpc_port)
         return dataclasses.replace(snapshot, **changes) if changes else snapshot
     return override
 

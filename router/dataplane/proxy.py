@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .. import __version__
+from .. import __version__, tensors
 from ..bodies import json_field
 from ..config import Live, Route, Snapshot
 from ..errors import (
@@ -39,6 +39,7 @@ from ..errors import (
 )
 from ..metrics import UNMATCHED, Metrics
 from ..records import Attributor, Entry, Exchange, FeedbackObserver, Observer, RecordSink, Served
+from ..tensors import HEADER, TensorError, binary_json, header_length
 from . import routing
 from .checks import id_mismatch, parsed, trace_id, unsafe_path, valid_request_id
 from .client import Client
@@ -58,6 +59,19 @@ except importlib.metadata.PackageNotFoundError:  # run from a source tree, not i
 _UNPARSED = object()
 
 
+
+
+def read_binary_answer(ex: Exchange) -> None:
+    """Read a binary answer (already sent as it came) as its JSON equivalent, for the log,
+    drift and shadow comparison; an answer whose sizes do not add up keeps its bytes and
+    says why in ``error``."""
+    assert ex.answer_header is not None and ex.response_body is not None
+    try:
+        ex.answer = binary_json(ex.response_body, ex.answer_header, "outputs")
+    except TensorError as exc:
+        ex.error = ex.error or f"the answer's binary tensors: {exc}"
+        return
+    ex.response_json = orjson.dumps(ex.answer)
 
 
 class Proxy:
@@ -160,16 +174,25 @@ class Proxy:
             if request.too_large:
                 limit = ex.snapshot.limits.max_body_bytes
                 raise BodyTooLarge(f"the body is over the {limit}-byte limit")
-            ex.request_body = request.body
+            ex.request_body = body = request.body
             doc = _UNPARSED
-            if route.validator is not None:
-                if ex.request_body:
-                    doc = self._validate(route, ex)
-                elif request.method == "POST" and route.validation == "enforce":
-                    raise BadRequest("the body is empty: this route validates every "
-                                     "inference request; not forwarded")
-            if doc is not _UNPARSED:
-                ex.doc, ex.valid_json = doc, True
+            v2 = route.protocol == "v2"
+            if body:
+                if v2:
+                    doc = self._binary(request, ex)
+                if doc is _UNPARSED and (route.validator is not None or
+                                         v2 and b'"id"' in body):
+                    doc = self._parse(route, ex)
+                if doc is not _UNPARSED:
+                    ex.doc, ex.valid_json = doc, True
+                    if v2 and not valid_request_id(request.headers.get("x-request-id") or ""):
+                        self._own_id(ex, doc)
+                    if route.validator is not None:
+                        self._check(route, ex, doc)
+            elif route.validator is not None and request.method == "POST" \
+                    and route.validation == "enforce":
+                raise BadRequest("the body is empty: this route validates every "
+                                 "inference request; not forwarded")
             decision = self._decide(request, route, rest, ex, doc)
             ex.version, ex.reason = decision.version, decision.reason
             return await self._forward(request, conn, route, decision, ex)
@@ -181,23 +204,52 @@ class Proxy:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _validate(self, route: Route, ex: Exchange) -> Any:
-        """Check the body against the route's input_schema; returns the parsed body.
+    def _binary(self, request: Request, ex: Exchange) -> Any:
+        """A V2 body in the binary tensor extension, read as its JSON equivalent (kept for
+        the log as ``request_json``); ``_UNPARSED`` for a JSON body. A malformed one is 400."""
+        try:
+            size = header_length(request.headers.get(HEADER), len(ex.request_body))
+            if size is None:
+                return _UNPARSED
+            doc = binary_json(ex.request_body, size, "inputs")
+        except TensorError as exc:
+            raise BadRequest(f"binary tensors: {exc}; not forwarded") from None
+        ex.request_json = orjson.dumps(doc)
+        return doc
+
+    @staticmethod
+    def _own_id(ex: Exchange, doc: Any) -> None:
+        """Without an ``x-request-id``, a V2 request's own ``id`` is its request id (when it
+        is 1-200 visible ASCII characters): the id a client set is the one an auditor types."""
+        own = doc.get("id") if isinstance(doc, dict) else None
+        if isinstance(own, str) and valid_request_id(own):
+            ex.request_id = own
+
+    def _parse(self, route: Route, ex: Exchange) -> Any:
+        """The JSON body, or ``_UNPARSED``: on a validated route a body that is not JSON is
+        400 (``enforce``) or a ``format`` violation (``log``)."""
+        try:
+            return orjson.loads(ex.request_body)
+        except orjson.JSONDecodeError as exc:
+            if route.validator is None:
+                return _UNPARSED
+            if route.validation == "enforce":
+                raise BadRequest(f"the body is not JSON: {exc}") from None
+            self._violations(route, ex, [{"field": None, "kind": "format", "expected": "JSON",
+                                          "got": str(exc)[:80], "row": None}])
+            return _UNPARSED
+
+    def _check(self, route: Route, ex: Exchange, doc: Any) -> None:
+        """Check a parsed body against the route's input_schema.
 
         ``enforce`` raises SchemaViolation (422) with every violation; ``log`` keeps them on
         the exchange for the prediction log and the metrics.
         """
         assert route.validator is not None
-        try:
-            doc = orjson.loads(ex.request_body)
-        except orjson.JSONDecodeError as exc:
-            if route.validation == "enforce":
-                raise BadRequest(f"the body is not JSON: {exc}") from None
-            violations = [{"field": None, "kind": "format", "expected": "JSON",
-                           "got": str(exc)[:80], "row": None}]
-            doc = _UNPARSED
-        else:
-            violations = route.validator.validate(doc)
+        self._violations(route, ex, route.validator.validate(doc))
+
+    def _violations(self, route: Route, ex: Exchange, violations: list[dict[str, Any]],
+                    ) -> None:
         if violations:
             ex.violations = violations
             self.metrics.schema_violations(route.name, violations)
@@ -205,10 +257,12 @@ class Proxy:
                 raise SchemaViolation(
                     f"{len(violations)} violation(s) of schema {route.input_schema}",
                     details=violations)
-        return doc
 
-    def _decide(self, request: Request, route: Route, rest: str,
-                ex: Exchange, doc: Any) -> routing.Decision:
+    def _decide(self, request: Request, route: Route, rest: str, ex: Exchange | None,
+                doc: Any = _UNPARSED) -> routing.Decision:
+        """The version for ``request`` (routing.decide with its override and sticky key);
+        the key is kept on ``ex``. The gRPC front end calls this too, with the request its
+        call stands for (``ex`` None for a call that is not recorded)."""
         override = None
         if route.override is not None:
             override = request.headers.get(route.override.header) or None
@@ -219,14 +273,15 @@ class Proxy:
                 key = request.headers.get(sticky.key) or None
             elif sticky.kind == "cookie":
                 key = request.cookies.get(sticky.key) or None
-            elif ex.request_body:
+            elif request.body:
                 try:
-                    if doc is _UNPARSED:
-                        doc = orjson.loads(ex.request_body)
+                    if doc is _UNPARSED or doc is None:
+                        doc = orjson.loads(request.body)
                     key = json_field(doc, sticky.key)
                 except orjson.JSONDecodeError:
                     key = None
-        ex.sticky_key = key
+        if ex is not None:
+            ex.sticky_key = key
         return routing.decide(route, rest, override=override, sticky_key=key,
                               rand=self._rand())
 
@@ -267,11 +322,19 @@ class Proxy:
                 self.balancer.release(base, False, outlier)
                 ex.fallback_from, ex.reason = name, "fallback"
                 continue
+            answer_header = None
+            if body is not None and route.protocol == "v2":
+                answer_header = tensors.answer_header(upstream.headers, len(body))
+                ex.answer_header = answer_header  # decoded after the answer went out
             if body is not None and route.protocol == "v2" and b'"id"' in ex.request_body:
                 # Parsed here for the id check, and kept: the log reads the same answer.
-                ex.answer = parsed(body)
+                if answer_header is None:
+                    ex.answer = parsed(body)
+                    got = ex.answer
+                else:
+                    got = parsed(body[:answer_header])
                 mismatch = id_mismatch(ex.doc if ex.valid_json else parsed(ex.request_body),
-                                       ex.answer)
+                                       got)
                 if mismatch is not None:
                     # Another request's answer (a lagging or duplicated one on a reused
                     # connection): never hand it to this client, never reuse the connection.
@@ -402,6 +465,8 @@ class Proxy:
         never raises: each side effect fails alone, into ``_failed``.
         """
         self.metrics.observe(ex.route.name, ex.version, "primary", ex.status, ex.latency_s)
+        if ex.answer_header is not None:
+            self._guarded("binary", read_binary_answer, ex)
         if self.predlog is not None:
             if ex.inference:
                 try:

@@ -154,7 +154,8 @@ class DriftMonitor:
                 doc = orjson.loads(ex.request_body)
             except orjson.JSONDecodeError:
                 doc = None  # not JSON (validation off): no features, the answer still counts
-        self.observe(ex.route, ex.version, doc, ex.response_body)
+        self.observe(ex.route, ex.version, doc,
+                     ex.response_body if ex.response_json is None else ex.response_json)
 
     def sampled(self, route: Route) -> bool:
         return (route.name in self.inputs or bool(self.outputs)) and \

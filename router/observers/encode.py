@@ -199,7 +199,11 @@ def build_record(entry: Record, settings: PredictionLogSettings, sticky_hash: Ke
     for speed; tests/test_contracts.py holds the two together."""
     route = entry.route
     protocol = route.protocol if route else "json"
-    response = entry.response_body
+    # A body that travelled as binary tensors or gRPC is stored as its JSON equivalent.
+    request, request_is_json = entry.request_body, entry.valid_json
+    if entry.request_json is not None:
+        request, request_is_json = entry.request_json, True
+    response = entry.response_body if entry.response_json is None else entry.response_json
     answer = entry.answer  # already parsed by the proxy (the V2 id check), or parse here
     if answer is None and response and protocol != "raw" and not entry.response_truncated:
         try:  # parsed once: the served version is recorded whatever the payload policy
@@ -217,8 +221,7 @@ def build_record(entry: Record, settings: PredictionLogSettings, sticky_hash: Ke
         "latency_ms": int(entry.latency_ms * 1000 + 0.5) / 1000,
         "config_revision": entry.revision, "schema": route.input_schema if route else None,
         "sticky_key": sticky_hash(sticky) if sticky else None,
-        "input": payload(entry.request_body, settings, protocol, False, None,
-                         entry.valid_json),
+        "input": payload(request, settings, protocol, False, None, request_is_json),
         "output": payload(response, settings, protocol, entry.response_truncated,
                           entry.response_total, answer is not None),
         "violations": _redacted(violations, settings.redact) if violations else [],
@@ -238,7 +241,8 @@ def safe_line(record: dict[str, Any], entry: Record) -> bytes:
     ``unencodable(body)``, any other refused field is rewritten by ``_writable``. Only
     this slow path pays for the checks: ``add`` tries the plain ``orjson.dumps`` first.
     """
-    bodies = {"input": entry.request_body, "output": entry.response_body}
+    bodies = {"input": entry.request_json or entry.request_body,
+              "output": entry.response_json or entry.response_body}
     safe = {}
     for key, value in record.items():
         try:

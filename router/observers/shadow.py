@@ -25,6 +25,7 @@ from ..dataplane.client import Client
 from ..dataplane.upstream import Balancer, request_headers, translate
 from ..errors import UpstreamError
 from ..records import Entry, Exchange, RecordSink
+from ..tensors import binary_answer
 
 if TYPE_CHECKING:
     from ..metrics import Metrics
@@ -131,12 +132,15 @@ class Shadows:
         version = route.versions[shadow.version]
         base = self.balancer.acquire(version)
         status, body, error, reason = 0, None, None, None
+        answer: Any = None   # the copy's answer in binary tensors, read as JSON
         try:
             resp = await self.client.request(ex.method, base, ex.suffix, headers.items(),
                                              ex.request_body, version.tls, shadow.timeout_s)
             try:
                 status = resp.status
                 body = await resp.read(ex.snapshot.limits.max_body_bytes)
+                if route.protocol == "v2":
+                    answer = binary_answer(resp.headers, body)
             finally:
                 resp.release()
         except (UpstreamError, OSError, TimeoutError) as exc:
@@ -155,7 +159,7 @@ class Shadows:
             reason, error = "error", f"shadow answered {status}"
         if reason is not None:
             self.metrics.count(self.metrics.shadow_dropped, route.name, shadow.version, reason)
-        result = self._compare(ex, route, shadow, body, reason)
+        result = self._compare(ex, route, shadow, body if answer is None else answer, reason)
         for observer in self.observers:
             try:
                 observer(route.name, shadow.version, result)
@@ -169,13 +173,17 @@ class Shadows:
                     revision=ex.snapshot.revision, role="shadow", version=shadow.version,
                     reason="shadow", upstream=base, status=status, latency_ms=latency * 1000,
                     sticky_key=ex.sticky_key, request_body=ex.request_body, response_body=body,
-                    compare=result, error=error, trace_id=ex.trace_id), reserved=False)
+                    compare=result, error=error, trace_id=ex.trace_id,
+                    request_json=ex.request_json,
+                    response_json=orjson.dumps(answer) if answer is not None else None,
+                    answer=answer), reserved=False)
         except Exception:  # noqa: BLE001
             log.exception("recording the shadow copy of %s failed", ex.request_id)
 
-    def _compare(self, ex: Exchange, route: Route, shadow: Shadow, body: bytes | None,
+    def _compare(self, ex: Exchange, route: Route, shadow: Shadow, body: Any,
                  failed: str | None) -> dict[str, Any] | None:
-        """The ``compare`` field; None when either side has no comparable answer."""
+        """The ``compare`` field; None when either side has no comparable answer. ``body``
+        is the copy's answer: bytes, or already read as JSON (binary tensors)."""
         if failed is not None:
             self.metrics.count(self.metrics.shadow_comparisons, route.name, shadow.version,
                                "error")
@@ -187,8 +195,9 @@ class Shadows:
         result = None
         if route.protocol != "raw":
             try:
-                result = compare(orjson.loads(ex.response_body), orjson.loads(body), against,
-                                 shadow.atol, shadow.rtol)
+                primary = ex.answer if ex.answer is not None else orjson.loads(ex.response_body)
+                copy = body if not isinstance(body, bytes) else orjson.loads(body)
+                result = compare(primary, copy, against, shadow.atol, shadow.rtol)
             except orjson.JSONDecodeError:
                 result = None
         if result is None:  # raw, or not JSON: byte equality

@@ -23,6 +23,7 @@ from ..control.reload import Reloader, Watcher, with_ports
 from ..control.rollout import Controller
 from ..control.store import FleetStore
 from ..dataplane.client import Client
+from ..dataplane.grpc_front import GrpcFront
 from ..dataplane.proxy import Proxy
 from ..dataplane.server import HttpServer
 from ..metrics import Metrics
@@ -58,7 +59,7 @@ class RouterApp(Lifecycle):
     def __init__(self, config_path: str | Path, *, watch_interval: float = 0.2,
                  worker: bool = False, rollout_clock: Callable[[], float] = time.time,
                  run_rollouts: bool = True, port: int | None = None,
-                 admin_port: int | None = None) -> None:
+                 admin_port: int | None = None, grpc_port: int | None = None) -> None:
         super().__init__()
         self.config_path = Path(config_path)
         self.watch_interval = watch_interval
@@ -67,10 +68,11 @@ class RouterApp(Lifecycle):
         # Tests drive rollouts with a fake clock and ``rollouts.tick()`` instead of the task.
         self.rollout_clock = rollout_clock
         self.run_rollouts = run_rollouts
-        self.overrides = with_ports(port, admin_port)
+        self.overrides = with_ports(port, admin_port, grpc_port)
         self.metrics = Metrics()
         self.port = 0
         self.admin_port = 0
+        self.grpc_port = 0         # 0: no gRPC listener
         # Built by start(), in this order.
         self.live: Live | None = None
         self.history: History | None = None
@@ -86,6 +88,7 @@ class RouterApp(Lifecycle):
         self.rollouts: Controller | None = None
         self.fleet: FleetMember | None = None
         self.server: HttpServer | None = None
+        self.grpc: GrpcFront | None = None
         self.admin: AdminServer | None = None
 
     def __repr__(self) -> str:
@@ -152,6 +155,9 @@ class RouterApp(Lifecycle):
         self.port = await server.start(snapshot.listen.host, snapshot.listen.port,
                                        reuse_port=self.worker)
         self.server = server
+        if snapshot.grpc is not None:
+            self.grpc = GrpcFront(proxy, lambda: live.snapshot.limits.max_body_bytes)
+            self.grpc_port = await self.grpc.start(snapshot.grpc, reuse_port=self.worker)
         if self.worker:
             self.ready = True
             return
@@ -161,9 +167,10 @@ class RouterApp(Lifecycle):
         self.admin_port = await self.admin.start(snapshot.admin.host, snapshot.admin.port)
         self.tasks.spawn(Watcher(reloader, self.watch_interval).run())
         self.ready = True
-        log.info("serving on http://%s:%d (admin http://%s:%d), config %s%s",
-                 snapshot.listen.host, self.port, snapshot.admin.host, self.admin_port,
-                 snapshot.revision,
+        log.info("serving on http://%s:%d%s (admin http://%s:%d), config %s%s",
+                 snapshot.listen.host, self.port,
+                 f", gRPC {snapshot.grpc.host}:{self.grpc_port}" if snapshot.grpc else "",
+                 snapshot.admin.host, self.admin_port, snapshot.revision,
                  f", fleet {self.fleet.fleet.name} as {self.fleet.replica}" if self.fleet else "")
 
     def render_metrics(self) -> bytes:
@@ -197,8 +204,9 @@ class RouterApp(Lifecycle):
             await asyncio.sleep(limits.drain_delay_s)
         if self.proxy is not None:
             self.proxy.draining = True
-        if self.server is not None:
-            await self.server.shutdown(limits.shutdown_grace_s)
+        await asyncio.gather(*(
+            part.shutdown(limits.shutdown_grace_s) for part in (self.server, self.grpc)
+            if part is not None))
         if self.shadows is not None:
             await self.shadows.drain(min(SHADOW_DRAIN_S, limits.shutdown_grace_s))
         if self.predlog is not None:

@@ -21,13 +21,14 @@ log = logging.getLogger("model_router")
 
 
 async def _serve(config_path: Path, workers: int = 1, port: int | None = None,
-                 admin_port: int | None = None) -> int:
+                 admin_port: int | None = None, grpc_port: int | None = None) -> int:
     app: RouterApp | Supervisor
     if workers > 1:
         from .workers import Supervisor  # loaded only for --workers
-        app = Supervisor(config_path, workers, port=port, admin_port=admin_port)
+        app = Supervisor(config_path, workers, port=port, admin_port=admin_port,
+                         grpc_port=grpc_port)
     else:
-        app = RouterApp(config_path, port=port, admin_port=admin_port)
+        app = RouterApp(config_path, port=port, admin_port=admin_port, grpc_port=grpc_port)
     try:
         await app.start()
     except ConfigError as exc:
@@ -62,7 +63,7 @@ async def _reload_quietly(reloader: Reloader) -> None:
 
 
 def serve(config_path: str | Path, workers: int = 1, port: int | None = None,
-          admin_port: int | None = None) -> int:
-    """Run the router until SIGTERM/SIGINT; returns the process exit code. ``port`` and
-    ``admin_port`` override the file's (its revision stays the same)."""
-    return int(run(_serve(Path(config_path), workers, port, admin_port)))
+          admin_port: int | None = None, grpc_port: int | None = None) -> int:
+    """Run the router until SIGTERM/SIGINT; returns the process exit code. ``port``,
+    ``admin_port`` and ``grpc_port`` override the file's (its revision stays the same)."""
+    return int(run(_serve(Path(config_path), workers, port, admin_port, grpc_port)))

@@ -67,23 +67,24 @@ class _Without:
 
 
 def worker_main(config_path: str, conn: multiprocessing.connection.Connection,
-                files: dict[str, bytes], log_level: int, port: int | None = None) -> None:
+                files: dict[str, bytes], log_level: int, port: int | None = None,
+                grpc_port: int | None = None) -> None:
     """Entry of a worker process (spawned: a fresh interpreter)."""
     logging.basicConfig(level=log_level,
                         format=f"%(asctime)s %(levelname)s worker-{os.getpid()} %(name)s: "
                                "%(message)s")
     from .runtime import run
-    run(_worker(Path(config_path), conn, files, port))
+    run(_worker(Path(config_path), conn, files, port, grpc_port))
 
 
 async def _worker(path: Path, conn: multiprocessing.connection.Connection,
-                  files: dict[str, bytes], port: int | None) -> None:
+                  files: dict[str, bytes], port: int | None, grpc_port: int | None) -> None:
     from .app import RouterApp
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     snapshot = await asyncio.to_thread(load_snapshot, path, source="startup", files=files)
-    app = RouterApp(path, worker=True, port=port)
+    app = RouterApp(path, worker=True, port=port, grpc_port=grpc_port)
     await app.start(snapshot)
     reloader, rollouts = app.reloader, app.rollouts
     assert reloader is not None and rollouts is not None  # start() built them
@@ -130,13 +131,14 @@ class Supervisor(Lifecycle):
 
     def __init__(self, config_path: str | Path, workers: int, *,
                  watch_interval: float = 0.2, port: int | None = None,
-                 admin_port: int | None = None) -> None:
+                 admin_port: int | None = None, grpc_port: int | None = None) -> None:
         super().__init__()
         self.config_path = Path(config_path)
         self.count = workers
         self.watch_interval = watch_interval
         self.port_override = port
-        self.overrides = with_ports(port, admin_port)
+        self.grpc_port_override = grpc_port
+        self.overrides = with_ports(port, admin_port, grpc_port)
         self.metrics = Metrics()
         self.port = 0
         self.admin_port = 0
@@ -190,7 +192,8 @@ class Supervisor(Lifecycle):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=worker_main, daemon=True,
                                    args=(str(self.config_path), child, dict(snapshot.files),
-                                         logging.getLogger().level, self.port_override))
+                                         logging.getLogger().level, self.port_override,
+                                         self.grpc_port_override))
                 proc.start()
                 child.close()
                 self.processes.append(proc)
