@@ -43,17 +43,19 @@ class V2Http:
         body = await request.read()
         size = request.headers.get("Inference-Header-Content-Length")
         head = orjson.loads(body[:int(size)] if size else body)
-        self.seen.append({"headers": dict(request.headers), "head": head, "bytes": len(body)})
+        self.seen.append({"headers": {k.lower(): v for k, v in request.headers.items()},
+                          "head": head, "bytes": len(body)})
         offset = int(size) if size else 0
         arrays = []
         for tensor in head["inputs"]:
-            dtype = NP[tensor["datatype"]]
             binary = (tensor.get("parameters") or {}).get("binary_data_size")
-            if binary is not None:
-                arr = np.frombuffer(body[offset:offset + binary], dtype=dtype)
-                offset += binary
-            else:
-                arr = np.array(tensor["data"], dtype=dtype)
+            raw = body[offset:offset + binary] if binary is not None else None
+            offset += binary or 0
+            if tensor["datatype"] not in NP:   # BYTES: not scored
+                continue
+            dtype = NP[tensor["datatype"]]
+            arr = np.frombuffer(raw, dtype=dtype) if raw is not None else \
+                np.array(tensor["data"], dtype=dtype)
             arrays.append(arr.reshape(tensor["shape"]))
         if self.delay:
             await asyncio.sleep(self.delay)
