@@ -88,6 +88,7 @@ class V2Grpc:
         self.delay = delay
         self.fail = fail
         self.seen: list[tuple[pb.ModelInferRequest, dict[str, Any]]] = []
+        self.deadlines: list[float | None] = []   # the time each call had left on arrival
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -120,6 +121,7 @@ class V2Grpc:
 
     async def infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         self.seen.append((request, dict(context.invocation_metadata())))
+        self.deadlines.append(context.time_remaining())
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail is not None:
