@@ -75,6 +75,19 @@ BAD_ROUTES = [
     ("bad_protocol", base_route(protocol="grpc"), "protocol: expected one of v2, json, raw"),
     ("sticky_two_keys", base_route(sticky={"header": "a", "cookie": "b"}),
      "give exactly one of header, cookie or json_field"),
+    ("grpc_no_port", base_route(versions={"v1": {"url": "http://h/m", "grpc": "h"},
+                                          "v2": {"url": "http://h"}}),
+     "routes[fraud].versions.v1.grpc: must be host:port, got 'h'"),
+    ("grpc_scheme", base_route(versions={"v1": {"url": "http://h/m",
+                                                "grpc": "grpc://h:8081"},
+                                         "v2": {"url": "http://h"}}),
+     "routes[fraud].versions.v1.grpc: must be host:port"),
+    ("grpc_port_range", base_route(versions={"v1": {"url": "http://h/m", "grpc": "h:70000"},
+                                             "v2": {"url": "http://h"}}),
+     "routes[fraud].versions.v1.grpc: must be host:port"),
+    ("grpc_crlf", base_route(versions={"v1": {"url": "http://h/m", "grpc": "h:1\r\nx: y"},
+                                       "v2": {"url": "http://h"}}),
+     "routes[fraud].versions.v1.grpc: must be host:port, got CR"),
 ]
 
 
@@ -178,3 +191,41 @@ def test_check_cli_exit_codes(tmp_path: Path) -> None:
 def test_readme_example_configs_pass_check(name: str) -> None:
     snapshot = load_snapshot(ROOT / "config" / "examples" / name, env={"FRAUD_V2_TOKEN": "t"})
     assert snapshot.routes and not [w for w in snapshot.warnings if "no model" in w]
+
+
+def test_grpc_listener_and_version_addresses(tmp_path: Path) -> None:
+    versions = {"v1": {"url": "http://h:8080/v2/models/fraud-a", "grpc": "h:8081"},
+                "v2": {"url": "http://h:8080/v2/models/fraud/versions/7", "grpc": "[::1]:81"},
+                "v3": {"url": "http://h/m"}}
+    path = write_config(tmp_path, [base_route(versions=versions)], grpc={"port": 8181})
+    snapshot = load_snapshot(path)
+    assert snapshot.grpc is not None and snapshot.grpc.port == 8181
+    assert snapshot.grpc.host == "127.0.0.1"
+    route = snapshot.route("fraud")
+    assert route is not None
+    assert route.versions["v1"].grpc == "h:8081"
+    assert route.versions["v1"].grpc_model == ("fraud-a", "")
+    assert route.versions["v2"].grpc_model == ("fraud", "7")   # the url pins a version
+    assert route.versions["v3"].grpc is None
+    assert load_snapshot(write_config(tmp_path, [base_route()])).grpc is None
+
+
+def test_grpc_port_conflicts_and_a_listener_nothing_can_reach(tmp_path: Path) -> None:
+    errors = errors_of(tmp_path, [base_route()], listen={"host": "127.0.0.1", "port": 8080},
+                       grpc={"host": "127.0.0.1", "port": 8080})
+    assert any("grpc.port: the gRPC port 8080 is the listen port" in e for e in errors)
+    snapshot = load_snapshot(write_config(tmp_path, [base_route()], grpc={"port": 8181}))
+    assert any("no version names a grpc address" in w for w in snapshot.warnings)
+
+
+def test_grpc_port_flag_overrides_or_opens_the_listener(tmp_path: Path) -> None:
+    from router.control.reload import RESTART_ONLY, with_ports
+
+    plain = load_snapshot(write_config(tmp_path, [base_route()],
+                                       listen={"host": "127.0.0.2", "port": 8080}))
+    opened = with_ports(grpc_port=9191)(plain)
+    assert opened.grpc is not None and (opened.grpc.host, opened.grpc.port) == \
+        ("127.0.0.2", 9191)
+    assert opened.revision == plain.revision
+    assert "grpc" in RESTART_ONLY
+
