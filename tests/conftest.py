@@ -44,6 +44,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # After -m/-k deselection: when a `modelservers` test will run, build its venvs in a
+    # detached process now (tests/modelservers.py), so the pip installs overlap other tests.
+    if session.config.option.collectonly:
+        return
+    if any(item.get_closest_marker("modelservers") for item in session.items):
+        import modelservers
+
+        modelservers.start_build()
+
+
 @pytest.fixture
 async def upstreams() -> AsyncIterator[Upstreams]:
     ups = Upstreams()
