@@ -134,8 +134,9 @@ def _inputs(amount: float, country: str = "US") -> list[th.InferInput]:
     return out
 
 
-async def _v2_router(tmp_path: Path, upstreams, start_router, **changes):
-    model = V2Http("1.0.0")
+async def _v2_router(tmp_path: Path, upstreams, start_router, chunked: bool = False,
+                     **changes):
+    model = V2Http("1.0.0", chunked=chunked)
     base = await upstreams.start(model.app())
     cfg = route({"v1": base + "/v2/models/fraud"},
                 **{"input_schema": "fraud-features@1", "validation": "enforce", **changes})
@@ -143,9 +144,10 @@ async def _v2_router(tmp_path: Path, upstreams, start_router, **changes):
     return app, model, base
 
 
-async def test_tritonclient_binary_through_the_router(tmp_path: Path, upstreams,
-                                                      start_router) -> None:
-    app, model, base = await _v2_router(tmp_path, upstreams, start_router)
+@pytest.mark.parametrize("chunked", [False, True], ids=["buffered", "streamed"])
+async def test_tritonclient_binary_through_the_router(tmp_path: Path, upstreams, start_router,
+                                                      chunked: bool) -> None:
+    app, model, base = await _v2_router(tmp_path, upstreams, start_router, chunked=chunked)
     outputs = [th.InferRequestedOutput("score", binary_data=True)]
     direct = tha.InferenceServerClient(base.removeprefix("http://"))
     routed = tha.InferenceServerClient(f"127.0.0.1:{app.port}")

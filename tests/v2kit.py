@@ -29,9 +29,11 @@ class V2Http:
     """An aiohttp V2 model at ``/v2/models/<name>/infer``: JSON or binary in, and binary out
     when the request asks for it (``binary_data`` on the output, as tritonclient does)."""
 
-    def __init__(self, version: str = "1.0.0", delay: float = 0.0) -> None:
+    def __init__(self, version: str = "1.0.0", delay: float = 0.0,
+                 chunked: bool = False) -> None:
         self.version = version
         self.delay = delay
+        self.chunked = chunked     # answer without a Content-Length (as uvicorn may)
         self.seen: list[dict[str, Any]] = []
 
     def app(self) -> web.Application:
@@ -73,8 +75,17 @@ class V2Http:
         raw = score.tobytes()
         out["parameters"] = {"binary_data_size": len(raw)}
         header = orjson.dumps(answer)
-        return web.Response(body=header + raw, content_type="application/octet-stream",
-                            headers={"Inference-Header-Content-Length": str(len(header))})
+        headers = {"Inference-Header-Content-Length": str(len(header))}
+        if not self.chunked:
+            return web.Response(body=header + raw, content_type="application/octet-stream",
+                                headers=headers)
+        stream = web.StreamResponse(headers=headers)
+        stream.enable_chunked_encoding()
+        await stream.prepare(request)
+        await stream.write(header)
+        await stream.write(raw)
+        await stream.write_eof()
+        return stream  # type: ignore[return-value]
 
 
 class V2Grpc:

@@ -396,6 +396,8 @@ class Proxy:
             self.balancer.release(base, ok, outlier)
             ex.response_body = b"".join(copied)
             ex.response_total = total
+            if ex.route.protocol == "v2" and not ex.response_truncated:  # decoded later
+                ex.answer_header = tensors.answer_header(upstream.headers, total)
 
     def _v2_server_endpoint(self, snapshot: Snapshot, request: Request,
                             path: str) -> Response | None:
