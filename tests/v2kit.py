@@ -83,6 +83,7 @@ class V2Http:
         stream.enable_chunked_encoding()
         await stream.prepare(request)
         await stream.write(header)
+        await asyncio.sleep(0.05)   # the router starts passing it on before the rest comes
         await stream.write(raw)
         await stream.write_eof()
         return stream  # type: ignore[return-value]
