@@ -155,7 +155,7 @@ def _demo(args: argparse.Namespace) -> int:
                           90.0 if args.duration is None else args.duration)
     from .demo.run import demo
     return demo(args.dir or "demo", 40.0 if args.duration is None else args.duration,
-                story=not args.no_story)
+                story=not args.no_story, protocol=args.protocol)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float,
                    help="seconds at most (default: 40; 90 with --fleet)")
     p.add_argument("--no-story", action="store_true", help="just run traffic")
+    p.add_argument("--protocol", choices=("mixed", "json", "binary", "grpc"), default="mixed",
+                   help="what the simulated users speak: V2 JSON, V2 binary tensors over HTTP, "
+                        "gRPC, or all three in turn (default: mixed)")
     p.add_argument("--fleet", action="store_true",
                    help="three replicas, Redis and Prometheus walk one rollout through a "
                         "leader kill (needs redis-server and prometheus; --dir gets its files)")

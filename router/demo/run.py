@@ -5,7 +5,10 @@ production, v2 canary, v3 shadow; small logistic models with their own weights),
 demo config directory (router.yaml, registry.yaml, baselines), starts the router on it, and
 drives simulated users (sticky ids) plus simulated business outcomes posted to
 ``/-/feedback``. A live view shows, every second, each version's share, rps, p50/p99,
-errors, shadow agreement and the drift of one feature.
+errors, shadow agreement and the drift of one feature. The users speak every protocol the
+router serves (``--protocol``, default ``mixed``): V2 JSON over HTTP, V2 binary tensors over
+HTTP (as tritonclient sends them) and gRPC; each model server answers on both its HTTP and
+gRPC ports, and every request is routed, validated, shadowed and logged the same way.
 
 The story (``--no-story`` skips it): a 95/5 canary; the demo edits router.yaml to 50/50 and
 the view shows it within a second (the router's own file reload); a bad deploy (a v4 trained
@@ -26,18 +29,25 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
+import numpy as np
 import orjson
 import yaml
 from aiohttp import web
 
 from ..analysis.baseline import build_baseline
 from ..config.registry import Field, Schema
+from ..dataplane.grpc_wire import SERVICE
+from ..dataplane.oip import inference_pb2 as pb
 from ..process.app import RouterApp
-from .models import MODELS, make_app
+from .models import MODELS, make_app, start_grpc
 
 COUNTRIES = ("US", "DE", "FR")
 COUNTRY_WEIGHTS = (0.6, 0.3, 0.1)
 CONVERSION = {"v1": 0.10, "v2": 0.12, "v3": 0.10}   # the canary really is better
+PROTOCOLS = ("json", "binary", "grpc")                # what the users speak, in turn
+TYPES = {"amount": "FP64", "avg_purchase_last_7_days": "FP64", "country": "BYTES",
+         "is_new_user": "BOOL"}
 SCHEMA = Schema("fraud-features@1", (
     Field("amount", "float", min=0), Field("avg_purchase_last_7_days", "float", min=0),
     Field("country", "string", enum=COUNTRIES), Field("is_new_user", "bool", required=False)))
@@ -79,9 +89,14 @@ def registry_doc(with_v4: bool = False) -> dict[str, Any]:
 
 
 def router_doc(ports: dict[str, int], *, split: tuple[int, int] | None = (95, 5),
-               active: str | None = None, with_v4: bool = False) -> dict[str, Any]:
-    versions = {name: {"url": f"http://127.0.0.1:{port}/v2/models/fraud"}
-                for name, port in ports.items()}
+               active: str | None = None, with_v4: bool = False,
+               grpc_ports: dict[str, int] | None = None) -> dict[str, Any]:
+    """The demo's router.yaml: HTTP ports by version, and their gRPC ports (with which the
+    router opens its own gRPC port)."""
+    versions: dict[str, dict[str, Any]] = {
+        name: {"url": f"http://127.0.0.1:{port}/v2/models/fraud"} for name, port in ports.items()}
+    for name, port in (grpc_ports or {}).items():
+        versions[name]["grpc"] = f"127.0.0.1:{port}"
     if with_v4:
         versions["v4"] = {"url": f"http://127.0.0.1:{ports['v2']}/v2/models/fraud"}
     route: dict[str, Any] = {
@@ -97,8 +112,10 @@ def router_doc(ports: dict[str, int], *, split: tuple[int, int] | None = (95, 5)
                   "shadow": [{"version": "v3", "percent": 50, "timeout_s": 1.0}],
                   "drift": {"window_rows": 2000, "sample": 1.0, "psi_warn": 0.2},
                   "fallback": "v1", "timeout_s": 2.0})
-    return {"listen": {"host": "127.0.0.1", "port": 0},
-            "admin": {"host": "127.0.0.1", "port": 0},
+    doc: dict[str, Any] = {"listen": {"host": "127.0.0.1", "port": 0}}
+    if grpc_ports:
+        doc["grpc"] = {"host": "127.0.0.1", "port": 0}
+    return {**doc, "admin": {"host": "127.0.0.1", "port": 0},
             "registry": "registry.yaml", "state_dir": "state",
             "prediction_log": {"dir": "logs", "payloads": "full", "flush_ms": 200},
             "routes": [route]}
@@ -111,10 +128,35 @@ def write_yaml(path: Path, doc: dict[str, Any]) -> None:
 
 
 def v2_body(row: dict[str, Any]) -> bytes:
-    types = {"amount": "FP64", "avg_purchase_last_7_days": "FP64", "country": "BYTES",
-             "is_new_user": "BOOL"}
-    return orjson.dumps({"inputs": [{"name": k, "datatype": types[k], "shape": [1],
+    return orjson.dumps({"inputs": [{"name": k, "datatype": TYPES[k], "shape": [1],
                                      "data": [v]} for k, v in row.items()]})
+
+
+def _raw(datatype: str, value: Any) -> bytes:
+    """One element as the binary forms carry it (little-endian; BYTES length-prefixed)."""
+    if datatype == "BYTES":
+        data = str(value).encode()
+        return len(data).to_bytes(4, "little") + data
+    return np.array([value], dtype={"FP64": "<f8", "BOOL": "?"}[datatype]).tobytes()
+
+
+def v2_binary_body(row: dict[str, Any]) -> tuple[bytes, int]:
+    """The row in the binary tensor extension, as tritonclient's HTTP client sends it: the
+    body and its JSON header's length (``Inference-Header-Content-Length``)."""
+    raws = {k: _raw(TYPES[k], v) for k, v in row.items()}
+    header = orjson.dumps({"inputs": [
+        {"name": k, "datatype": TYPES[k], "shape": [1],
+         "parameters": {"binary_data_size": len(raw)}} for k, raw in raws.items()]})
+    return header + b"".join(raws.values()), len(header)
+
+
+def v2_grpc_request(row: dict[str, Any]) -> bytes:
+    """The row as a serialized ModelInferRequest with raw contents (tritonclient's way)."""
+    request = pb.ModelInferRequest(model_name="fraud")
+    for name, value in row.items():
+        request.inputs.add(name=name, datatype=TYPES[name], shape=[1])
+        request.raw_input_contents.append(_raw(TYPES[name], value))
+    return request.SerializeToString()
 
 
 # -- traffic and the view ------------------------------------------------------------------------
@@ -125,9 +167,11 @@ class Stats:
     def __init__(self) -> None:
         self.window: deque[tuple[float, str, int, float]] = deque()
         self.sample_ids: list[str] = []
+        self.protocols: dict[str, int] = dict.fromkeys(PROTOCOLS, 0)   # requests, in all
 
-    def add(self, version: str, status: int, latency: float) -> None:
+    def add(self, version: str, status: int, latency: float, protocol: str = "json") -> None:
         self.window.append((time.monotonic(), version, status, latency))
+        self.protocols[protocol] += 1
 
     def recent(self, seconds: float = 1.0) -> list[tuple[float, str, int, float]]:
         cutoff = time.monotonic() - seconds
@@ -137,31 +181,61 @@ class Stats:
 
 
 async def users(base: str, stats: Stats, stop: asyncio.Event, seed: int,
-                drift: dict[str, float]) -> None:
+                drift: dict[str, float], protocol: str = "json",
+                grpc_target: str | None = None) -> None:
+    """One simulated user stream speaking ``protocol``: pick a user, send a row, post the
+    business outcome of what the router served."""
     rng = random.Random(seed)
+    channel = grpc.aio.insecure_channel(grpc_target) if grpc_target else None
     async with aiohttp.ClientSession() as session:
         while not stop.is_set():
             user = f"user-{rng.randrange(2000)}"
+            row = features(rng, drift["amount"])
             started = time.perf_counter()
             try:
-                async with session.post(f"{base}/v2/models/fraud/infer",
-                                        data=v2_body(features(rng, drift["amount"])),
-                                        headers={"x-user-id": user,
-                                                 "content-type": "application/json"}) as resp:
-                    await resp.read()
-                    version = resp.headers.get("x-model-version", "-")
-                    rid = resp.headers.get("x-request-id", "")
-                    stats.add(version, resp.status, time.perf_counter() - started)
-                if resp.status == 200:
+                if protocol == "grpc" and channel is not None:
+                    status, version, rid = await _grpc_call(channel, row, user)
+                else:
+                    status, version, rid = await _http_call(session, base, row, user,
+                                                            protocol == "binary")
+                stats.add(version, status, time.perf_counter() - started, protocol)
+                if status == 200:
                     if len(stats.sample_ids) < 5:
                         stats.sample_ids.append(rid)
                     converted = rng.random() < CONVERSION.get(version, 0.1)
                     async with session.post(f"{base}/-/feedback", json={
                             "request_id": rid, "outcome": {"converted": converted}}) as fb:
                         await fb.read()
-            except aiohttp.ClientError:
-                stats.add("-", 0, time.perf_counter() - started)
+            except (aiohttp.ClientError, grpc.aio.AioRpcError):
+                stats.add("-", 0, time.perf_counter() - started, protocol)
             await asyncio.sleep(rng.uniform(0.01, 0.04))
+    if channel is not None:
+        await channel.close()
+
+
+async def _http_call(session: aiohttp.ClientSession, base: str, row: dict[str, Any],
+                     user: str, binary: bool) -> tuple[int, str, str]:
+    headers = {"x-user-id": user, "content-type": "application/json"}
+    if binary:
+        body, size = v2_binary_body(row)
+        headers = {"x-user-id": user, "content-type": "application/octet-stream",
+                   "inference-header-content-length": str(size)}
+    else:
+        body = v2_body(row)
+    async with session.post(f"{base}/v2/models/fraud/infer", data=body,
+                            headers=headers) as resp:
+        await resp.read()
+        return (resp.status, resp.headers.get("x-model-version", "-"),
+                resp.headers.get("x-request-id", ""))
+
+
+async def _grpc_call(channel: grpc.aio.Channel, row: dict[str, Any],
+                     user: str) -> tuple[int, str, str]:
+    call = channel.unary_unary(SERVICE + "ModelInfer")(
+        v2_grpc_request(row), metadata=(("x-user-id", user),), timeout=5)
+    await call
+    marks = dict(await call.initial_metadata())
+    return 200, str(marks.get("x-model-version", "-")), str(marks.get("x-request-id", ""))
 
 
 def view_rows(stats: Stats, weights: dict[str, float], agreement: list[float],
@@ -181,6 +255,10 @@ def view_rows(stats: Stats, weights: dict[str, float], agreement: list[float],
     agree = f"{sum(agreement) / len(agreement):.3f}" if agreement else "-"
     lines.append(f"shadow v3 label agreement {agree} over the last {len(agreement)} copies   "
                  f"input drift PSI(amount) {'-' if drift is None else f'{drift:.3f}'}")
+    spoken = {k: v for k, v in stats.protocols.items() if v}
+    if len(spoken) > 1:
+        lines.append("requests so far by protocol: " + ", ".join(
+            f"{name} {count}" for name, count in spoken.items()))
     return lines
 
 
@@ -199,6 +277,15 @@ async def start_models() -> tuple[list[web.AppRunner], dict[str, int]]:
     return runners, ports
 
 
+async def start_grpc_models() -> tuple[list[grpc.aio.Server], dict[str, int]]:
+    """The same models' gRPC ports: the servers (the caller stops them), ports by version."""
+    servers, ports = [], {}
+    for name, model in MODELS.items():
+        server, ports[name] = await start_grpc("fraud", model)
+        servers.append(server)
+    return servers, ports
+
+
 def write_registry(folder: Path) -> None:
     """registry.yaml and the v1 baseline it names, in ``folder``."""
     (folder / "baselines").mkdir(parents=True, exist_ok=True)
@@ -209,18 +296,22 @@ def write_registry(folder: Path) -> None:
     write_yaml(folder / "registry.yaml", registry_doc())
 
 
-async def run_demo(folder: Path, duration: float, story: bool) -> int:
+async def run_demo(folder: Path, duration: float, story: bool,
+                   protocol: str = "mixed") -> int:
     folder.mkdir(parents=True, exist_ok=True)
     runners, ports = await start_models()
+    grpc_servers, grpc_ports = await start_grpc_models()
     write_registry(folder)
     config = folder / "router.yaml"
-    write_yaml(config, router_doc(ports))
+    write_yaml(config, router_doc(ports, grpc_ports=grpc_ports))
     app = RouterApp(config, watch_interval=0.1)
     await app.start()
     base = f"http://127.0.0.1:{app.port}"
     say = print
-    say(f"model servers v1/v2/v3 on ports {ports['v1']}/{ports['v2']}/{ports['v3']}; router "
-        f"{base} (admin http://127.0.0.1:{app.admin_port}); config in {folder}/")
+    say(f"model servers v1/v2/v3 on ports {ports['v1']}/{ports['v2']}/{ports['v3']} (gRPC "
+        f"{grpc_ports['v1']}/{grpc_ports['v2']}/{grpc_ports['v3']}); router {base}, gRPC "
+        f"127.0.0.1:{app.grpc_port} (admin http://127.0.0.1:{app.admin_port}); config in "
+        f"{folder}/")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -236,9 +327,14 @@ async def run_demo(folder: Path, duration: float, story: bool) -> int:
     assert app.shadows is not None and app.drift is not None and app.live is not None
     app.shadows.observers.append(on_shadow)
     drift = {"amount": 1.0}
-    tasks = [asyncio.ensure_future(users(base, stats, stop, seed, drift)) for seed in range(6)]
+    spoken = PROTOCOLS if protocol == "mixed" else (protocol,)
+    tasks = [asyncio.ensure_future(users(base, stats, stop, seed, drift,
+                                         spoken[seed % len(spoken)],
+                                         f"127.0.0.1:{app.grpc_port}"))
+             for seed in range(6)]
+
     async def to_50_50() -> str:
-        write_yaml(config, router_doc(ports, split=(50, 50)))
+        write_yaml(config, router_doc(ports, split=(50, 50), grpc_ports=grpc_ports))
         return "the router reloads the file by itself: watch the served shares move"
 
     async def shift_amounts() -> str:
@@ -246,7 +342,8 @@ async def run_demo(folder: Path, duration: float, story: bool) -> int:
         return "amounts are 2.5x the training data now: the PSI of amount climbs"
 
     async def flip() -> str:
-        write_yaml(config, router_doc(ports, split=None, active="green"))
+        write_yaml(config, router_doc(ports, split=None, active="green",
+                                      grpc_ports=grpc_ports))
         return "every user now on v2 (green); flip back by editing active: blue"
 
     steps = [(0.2, "edit router.yaml: canary 95/5 -> 50/50", to_50_50),
@@ -290,6 +387,8 @@ async def run_demo(folder: Path, duration: float, story: bool) -> int:
         await app.stop()
         for runner in runners:
             await runner.cleanup()
+        for server in grpc_servers:
+            await server.stop(0)
     if story:
         finale(folder, stats)
     return 0
@@ -349,6 +448,7 @@ Try next:
   model-router check -c config/router.yaml   # then point its versions at your model servers""")
 
 
-def demo(folder: str = "demo", duration: float = 40.0, story: bool = True) -> int:
+def demo(folder: str = "demo", duration: float = 40.0, story: bool = True,
+         protocol: str = "mixed") -> int:
     from ..process.runtime import run
-    return int(run(run_demo(Path(folder), duration, story)))
+    return int(run(run_demo(Path(folder), duration, story, protocol)))
