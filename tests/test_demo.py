@@ -32,6 +32,12 @@ def test_demo_story(tmp_path: Path) -> None:
     assert "Try next:" in out
     for name in ("router.yaml", "registry.yaml", "baselines/fraud-v1.json"):
         assert (tmp_path / "demo" / name).exists()
+    # The users speak all three protocols, and every one of them is logged.
+    counts = re.findall(r"by protocol: json (\d+), binary (\d+), grpc (\d+)", out)
+    assert counts and all(int(n) > 0 for n in counts[-1])
+    logged = (tmp_path / "demo" / "logs").glob("*.jsonl")
+    text = "".join(path.read_text() for path in logged)
+    assert '"binary":true' in text and '"upstream":"grpc://127.0.0.1:' in text
 
 
 def test_demo_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
