@@ -14,7 +14,16 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
-from helpers import free_port, rewrite, route, serve_logged, wait_for, write_config
+from helpers import (
+    Clock,
+    free_port,
+    rewrite,
+    rollout_route,
+    route,
+    serve_logged,
+    wait_for,
+    write_config,
+)
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 from v2kit import V2Grpc, V2Http
@@ -312,6 +321,37 @@ async def test_a_reload_moves_grpc_traffic(tmp_path: Path, start_router, models)
         assert (await routed.infer("fraud", _x())).get_response().model_version == "2"
     finally:
         await routed.close()
+
+
+async def test_a_rollout_judges_grpc_traffic(tmp_path: Path, start_router, models) -> None:
+    good, failing = await models(version="1"), await models(fail=grpc.StatusCode.INTERNAL)
+    cfg = rollout_route("http://127.0.0.1:9", "http://127.0.0.1:9", step_min_requests=30,
+                        checks={"error_rate": {"max_increase": 0.01}})
+    cfg["versions"]["v1"]["grpc"], cfg["versions"]["v2"]["grpc"] = good.address, failing.address
+    clock = Clock()
+    app = await start_router(write_config(tmp_path, [cfg], grpc={"host": "127.0.0.1",
+                                                                 "port": 0}),
+                             rollout_clock=clock, run_rollouts=False)
+    routed = tga.InferenceServerClient(f"127.0.0.1:{app.grpc_port}")
+
+    async def one() -> None:
+        try:
+            await routed.infer("fraud", _x())
+        except InferenceServerException:
+            pass   # the canary's INTERNAL errors: what the rollout must see
+
+    try:
+        for _ in range(6):
+            for _ in range(10):
+                await asyncio.gather(*(one() for _ in range(30)))
+            clock.now += 61
+            await app.rollouts.tick()
+            if app.rollouts.states["fraud"].status != "running":
+                break
+    finally:
+        await routed.close()
+    assert app.rollouts.states["fraud"].status == "rolled_back"
+    assert len(failing.seen) > 0
 
 
 @pytest.mark.slow
