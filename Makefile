@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-.PHONY: demo test test-fast check engines promtool
+.PHONY: demo test test-fast check engines promtool proto
 demo: $(STAMP)
 	$(VENV)/bin/model-router demo
 
@@ -48,6 +48,13 @@ engines:
 
 # The old name of the target above.
 promtool: engines
+
+# Regenerate the gRPC V2 messages (router/dataplane/oip) from inference.proto; needs
+# grpcio-tools, which nothing else needs (the generated files are committed).
+proto: $(STAMP)
+	$(VENV)/bin/pip install -q grpcio-tools
+	cd router/dataplane/oip && ../../../$(VENV)/bin/python -m grpc_tools.protoc -I. \
+	  --python_out=. --pyi_out=. inference.proto
 
 check: $(STAMP)
 	$(VENV)/bin/model-router check -c config/router.yaml
