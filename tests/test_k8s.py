@@ -146,6 +146,7 @@ def test_manifests_are_consistent_with_the_router(tmp_path: Path) -> None:
     snapshot = load_snapshot(folder / config_path.name, env=pod_env(container))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["http"] == snapshot.listen.port and ports["admin"] == snapshot.admin.port
+    assert snapshot.grpc is not None and ports["grpc"] == snapshot.grpc.port
     assert snapshot.listen.host == "0.0.0.0"
     assert snapshot.fleet is not None
 
@@ -466,7 +467,7 @@ def test_admin_only_on_its_own_service_and_behind_the_network_policy() -> None:
                 and selects(d["spec"]["selector"], labels)]
     targets = {s["metadata"]["name"]: {p["targetPort"] for p in s["spec"]["ports"]}
                for s in services}
-    assert targets == {ROUTER: {"http"}, f"{ROUTER}-admin": {"admin"}}
+    assert targets == {ROUTER: {"http", "grpc"}, f"{ROUTER}-admin": {"admin"}}
     admin_service = docs[("Service", f"{ROUTER}-admin")]
     assert admin_service["spec"].get("type", "ClusterIP") == "ClusterIP"
     for service in services:  # one scrape path: the pods' annotations
@@ -480,7 +481,9 @@ def test_admin_only_on_its_own_service_and_behind_the_network_policy() -> None:
     for rule in policy["spec"]["ingress"]:
         for port in rule["ports"]:
             by_port.setdefault(port["port"], []).append(rule)
-    assert set(by_port) == {ports["http"], ports["admin"]}  # nothing else is let in
+    # nothing else is let in
+    assert set(by_port) == {ports["http"], ports["grpc"], ports["admin"]}
+    assert by_port[ports["grpc"]] == by_port[ports["http"]]   # traffic: from anywhere
     [admin_rule] = by_port[ports["admin"]]
     peers = admin_rule["from"]  # never empty or absent: that would be anyone
     prometheus = docs[("Deployment", "prometheus")]["spec"]["template"]["metadata"]["labels"]

@@ -70,18 +70,21 @@ class Channels:
 
     def __init__(self, max_message: int) -> None:
         self.max_message = max_message
-        self._channels: dict[tuple[str, Any], grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, Any, str | None], grpc.aio.Channel] = {}
 
     def __repr__(self) -> str:
         return f"<Channels {len(self._channels)}>"
 
     def get(self, version: Version) -> grpc.aio.Channel:
         assert version.grpc is not None
-        key = (version.grpc, version.grpc_tls)
+        key = (version.grpc, version.grpc_tls, version.host)
         channel = self._channels.get(key)
         if channel is None:
-            options = [("grpc.max_receive_message_length", self.max_message),
-                       ("grpc.max_send_message_length", self.max_message)]
+            options: list[tuple[str, Any]] = [
+                ("grpc.max_receive_message_length", self.max_message),
+                ("grpc.max_send_message_length", self.max_message)]
+            if version.host:  # as the Host header over HTTP: ingresses route on it
+                options.append(("grpc.default_authority", version.host))
             if version.grpc_tls is None:
                 channel = grpc.aio.insecure_channel(version.grpc, options=options)
             else:
