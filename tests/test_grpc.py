@@ -377,3 +377,34 @@ async def test_sigterm_drains_grpc_calls(tmp_path: Path, client, models) -> None
             served.proc.kill()
     records = [r for r in iter_records(tmp_path / "logs") if r["request_id"] == "in-flight"]
     assert [r["status"] for r in records] == [200]
+
+
+@pytest.mark.slow
+async def test_workers_share_the_grpc_port(tmp_path: Path, client, models) -> None:
+    model = await models()
+    port, admin, grpc_port = free_port(), free_port(), free_port()
+    cfg = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", model.address)})
+    path = write_config(tmp_path, [cfg], listen={"host": "127.0.0.1", "port": port},
+                        admin={"host": "127.0.0.1", "port": admin},
+                        grpc={"host": "127.0.0.1", "port": grpc_port})
+    served = await serve_logged(path, port, admin, client, "--workers", "2")
+    try:
+        for i in range(30):   # a fresh connection each: the kernel spreads them (SO_REUSEPORT)
+            routed = tga.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            try:
+                result = await routed.infer("fraud", _x(), request_id=f"w-{i}")
+            finally:
+                await routed.close()
+            assert result.as_numpy("score").tolist() == [6.0, 22.0]
+        async with client.get(served.admin_url("/metrics")) as resp:
+            text = await resp.text()
+        assert 'model_router_grpc_requests_total{code="OK",role="primary",route="fraud",' \
+               'version="v1"} 30.0' in text
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 20) == 0
+    finally:
+        if served.proc.returncode is None:
+            served.proc.kill()
+    ids = {r["request_id"] for r in iter_records(tmp_path / "logs") if r["role"] == "primary"}
+    assert ids == {f"w-{i}" for i in range(30)}
+
