@@ -118,6 +118,7 @@ class Exchange:
     request_json: bytes | None = None
     response_json: bytes | None = None
     answer_header: int | None = None   # a binary answer's JSON header size (decoded later)
+    mirror: bool = True            # shadows may copy it (False: no form of it to send)
 
     # What the prediction log reads besides the fields above: an Exchange is its own entry
     # (no copy on the hot path); it is never changed after it is handed over.

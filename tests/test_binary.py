@@ -3,6 +3,7 @@ and the proxy against tritonclient's HTTP client (binary by default) and loopbac
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,8 @@ def test_decode_bytes_elements() -> None:
     (b"\0" * 2, "COMPLEX", [1], "unknown datatype 'COMPLEX'"),
     (b"\x05\0\0\0ab", "BYTES", [1], "runs past the tensor's end"),
     (b"\x01\0", "BYTES", [1], "length is cut off"),
-    (b"\x01\0\0\0a\x01\0\0\0b", "BYTES", [1], "2 BYTES elements, but its shape holds 1"),
+    (b"\x01\0\0\0a\x01\0\0\0b", "BYTES", [1], "more BYTES elements than its shape holds"),
+    (b"\x01\0\0\0a", "BYTES", [2], "1 BYTES elements, but its shape holds 2"),
     (b"\0" * 3, "BF16", [2], "3 bytes, but shape [2] of BF16 needs 4"),
 ])
 def test_decode_refuses_sizes_that_do_not_add_up(raw: bytes, datatype: str, shape: object,
@@ -111,8 +113,10 @@ def test_binary_data_size_past_the_end_names_the_input() -> None:
         binary_json(header + b"\0" * 4, len(header), "inputs")
 
 
-@pytest.mark.parametrize(("value", "message"), [("x", "not an integer"), ("-1", "outside"),
-                                                ("99", "outside")])
+@pytest.mark.parametrize(("value", "message"), [
+    ("x", "not a decimal integer"), ("-1", "not a decimal integer"),
+    ("+4", "not a decimal integer"), (" 4 ", "not a decimal integer"),
+    ("\u0664", "not a decimal integer"), ("99", "outside")])
 def test_header_length_must_lie_within_the_body(value: str, message: str) -> None:
     with pytest.raises(TensorError, match=message):
         header_length(value, 10)
@@ -135,12 +139,12 @@ def _inputs(amount: float, country: str = "US") -> list[th.InferInput]:
 
 
 async def _v2_router(tmp_path: Path, upstreams, start_router, chunked: bool = False,
-                     **changes):
+                     top: dict | None = None, **changes):
     model = V2Http("1.0.0", chunked=chunked)
     base = await upstreams.start(model.app())
     cfg = route({"v1": base + "/v2/models/fraud"},
                 **{"input_schema": "fraud-features@1", "validation": "enforce", **changes})
-    app = await start_router(write_config(tmp_path, [cfg]))
+    app = await start_router(write_config(tmp_path, [cfg], **(top or {})))
     return app, model, base
 
 
@@ -250,3 +254,96 @@ async def test_binary_answers_are_compared_with_a_binary_shadow(tmp_path: Path, 
     assert records["shadow"]["compare"]["max_abs_diff"] == 0.0
     assert records["shadow"]["output"]["outputs"][0]["data"] == [7.0]
     assert records["shadow"]["input"]["binary"] is True
+
+
+# -- what an independent red-team pass found, each kept fixed by a test -----------------------
+
+def test_bytes_elements_past_the_shape_stop_at_once() -> None:
+    """A shape of 1 with a million empty BYTES elements: refused at the second, not after
+    reading them all (that held the event loop for seconds)."""
+    raw = b"\0\0\0\0" * 1_000_000
+    with pytest.raises(TensorError, match=r"more BYTES elements than its shape holds \(1\)"):
+        decode(raw, "BYTES", [1], "s")
+
+
+def test_too_many_elements_are_counted_before_any_is_read() -> None:
+    from router.tensors import MAX_BYTES_ELEMENTS, MAX_ELEMENTS, TooManyElements
+
+    for datatype, count, raw in (("BOOL", MAX_ELEMENTS + 1, b"\0" * (MAX_ELEMENTS + 1)),
+                                 ("BYTES", MAX_BYTES_ELEMENTS + 1,
+                                  b"\0\0\0\0" * (MAX_BYTES_ELEMENTS + 1))):
+        body, size = _body([({"id_": 1, "name": "t", "datatype": datatype,
+                              "shape": [count]}, raw)])
+        with pytest.raises(TooManyElements) as caught:
+            binary_json(body, size, "inputs")
+        assert caught.value.count == count
+        assert "data" not in caught.value.doc["inputs"][0]   # nothing was read
+
+
+async def test_compressed_binary_requests_are_read(tmp_path: Path, upstreams,
+                                                   start_router) -> None:
+    """tritonclient's request_compression_algorithm: the router inflates to read (and
+    validate) the body, and forwards the compressed bytes as they came."""
+    app, model, _ = await _v2_router(tmp_path, upstreams, start_router)
+    routed = tha.InferenceServerClient(f"127.0.0.1:{app.port}")
+    try:
+        for algorithm in ("gzip", "deflate"):
+            with pytest.raises(InferenceServerException) as caught:
+                await routed.infer("fraud", _inputs(-1.0), request_id=f"bad-{algorithm}",
+                                   request_compression_algorithm=algorithm)
+            assert "violation(s) of schema" in str(caught.value)
+    finally:
+        await routed.close()
+    assert model.seen == []      # refused: the router read the compressed body
+    await app.predlog.flush()
+    records = {r["request_id"]: r for r in iter_records(tmp_path / "logs")}
+    assert records["bad-gzip"]["input"]["inputs"][0]["data"] == [-1.0]
+    assert records["bad-deflate"]["status"] == 422
+
+
+async def test_bodies_that_cannot_be_read(tmp_path: Path, upstreams, start_router,
+                                          client) -> None:
+    import gzip
+
+    app, model, _ = await _v2_router(tmp_path, upstreams, start_router,
+                                     top={"limits": {"max_body_mb": 1}})
+    bomb = gzip.compress(b"[" * (4 << 20))            # 4 MB inflated from a few KB
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=bomb,
+                           headers={"content-encoding": "gzip"}) as resp:
+        assert resp.status == 413
+        assert "once inflated" in (await resp.json())["error"]
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=b"\x1b\x00",
+                           headers={"content-encoding": "br"}) as resp:
+        assert resp.status == 400
+        assert "content-encoding 'br' is not gzip or deflate" in (await resp.json())["error"]
+    assert model.seen == []
+
+
+@pytest.mark.parametrize("validation", ["enforce", "log"])
+async def test_binary_tensors_past_what_the_router_reads(tmp_path: Path, upstreams,
+                                                         start_router, client,
+                                                         validation: str) -> None:
+    from router.tensors import MAX_ELEMENTS
+
+    app, model, _ = await _v2_router(tmp_path, upstreams, start_router,
+                                     validation=validation)
+    raw = np.ones(MAX_ELEMENTS + 1, np.float32).tobytes()
+    header = orjson.dumps({"id": "wide-1", "inputs": [
+        {"name": "amount", "datatype": "FP32", "shape": [MAX_ELEMENTS + 1],
+         "parameters": {"binary_data_size": len(raw)}}]})
+    async with client.post(url(app, "/v2/models/fraud/infer"), data=header + raw,
+                           headers={"Inference-Header-Content-Length": str(len(header))}
+                           ) as resp:
+        assert resp.headers["x-request-id"] == "wide-1"
+        status = resp.status
+    # A streamed answer reaches the client before the request's record is handed over.
+    await wait_for(lambda: app.proxy.inflight == 0)
+    await asyncio.sleep(0)
+    await app.predlog.flush()
+    (record,) = [r for r in iter_records(tmp_path / "logs") if r["request_id"] == "wide-1"]
+    if validation == "enforce":
+        assert status == 413 and model.seen == []
+    else:
+        assert status == 200 and model.seen[0]["bytes"] == len(header) + len(raw)
+        assert record["input"]["_unread"] is True and record["input"]["binary"] is True
+        assert record["violations"][0]["kind"] == "format"

@@ -204,8 +204,9 @@ async def test_router_errors_become_grpc_status_codes(tmp_path: Path, start_rout
         assert (await code_of("late", _x(), client_timeout=0.1)).startswith(
             "StatusCode.DEADLINE_EXCEEDED")
         first, second = slow.deadlines
-        assert first is not None and 0.2 < first <= 0.3
-        assert second is not None and second <= 0.1
+        # (gRPC sends a deadline rounded up to its unit: a few ms either way)
+        assert first is not None and 0.2 < first <= 0.31
+        assert second is not None and second < 0.15
         # The upstream's own status passes through unchanged.
         assert await code_of("plain", _x(), request_id="refused") == \
             "StatusCode.FAILED_PRECONDITION the model refused"
@@ -408,3 +409,133 @@ async def test_workers_share_the_grpc_port(tmp_path: Path, client, models) -> No
     ids = {r["request_id"] for r in iter_records(tmp_path / "logs") if r["role"] == "primary"}
     assert ids == {f"w-{i}" for i in range(30)}
 
+
+
+# -- what an independent red-team pass found, each kept fixed by a test -----------------------
+
+async def test_error_answers_carry_the_marks(tmp_path: Path, start_router, models) -> None:
+    refusing = await models(fail=grpc.StatusCode.FAILED_PRECONDITION)
+    cfg = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", refusing.address)})
+    app, routed = await _router(tmp_path, start_router, [cfg])
+    await routed.close()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel:
+        for model, want in (("fraud", ("marked-1", "v1", "fraud")),
+                            ("nothing", ("marked-2", "", "_unmatched"))):
+            request = pb.ModelInferRequest(model_name=model, id=want[0])
+            request.inputs.add(name="x", datatype="FP32", shape=[1])
+            request.raw_input_contents.append(b"\0" * 4)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await channel.unary_unary(INFER)(request.SerializeToString())
+            marks = dict(caught.value.trailing_metadata() or ())
+            assert (marks["x-request-id"], marks["x-model-version"],
+                    marks["x-model-route"]) == want
+
+
+async def test_failed_calls_release_their_tensors(tmp_path: Path, start_router,
+                                                  models) -> None:
+    """A refused call's frames (its message and tensors) are freed when it ends, not kept
+    alive by a traceback until the garbage collector runs."""
+    import gc
+
+    from router.records import Exchange
+
+    refusing = await models(fail=grpc.StatusCode.INVALID_ARGUMENT)
+    cfg = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", refusing.address)})
+    app, routed = await _router(tmp_path, start_router, [cfg])
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(3):
+            with pytest.raises(InferenceServerException):
+                await routed.infer("fraud", _x(np.ones((64, 4), np.float32)),
+                                   request_id=f"refused-{i}")
+        await app.predlog.flush()
+        await asyncio.sleep(0.05)
+        alive = [o for o in gc.get_objects() if isinstance(o, Exchange)]
+    finally:
+        gc.enable()
+        await routed.close()
+    assert alive == []
+
+
+async def test_client_metadata_never_overrides_the_versions_headers(tmp_path: Path,
+                                                                    start_router,
+                                                                    models) -> None:
+    model = await models()
+    cfg = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", model.address)})
+    cfg["versions"]["v1"]["headers"] = {"authorization": "Bearer router-secret"}
+    app, routed = await _router(tmp_path, start_router, [cfg])
+    try:
+        await routed.infer("fraud", _x(), headers={"authorization": "Bearer forged",
+                                                   "host": "evil.example", "x-team": "a"})
+    finally:
+        await routed.close()
+    sent = model.call_metadata[-1]
+    assert [v for k, v in sent if k == "authorization"] == ["Bearer router-secret"]
+    assert "host" not in {k for k, _ in sent} and ("x-team", "a") in sent
+
+
+async def test_metadata_calls_share_the_inflight_limit(tmp_path: Path, start_router,
+                                                       models) -> None:
+    slow = await models(delay=0.5)
+    cfg = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", slow.address)})
+    app, routed = await _router(tmp_path, start_router, [cfg], limits={"max_concurrency": 2})
+    try:
+        busy = [asyncio.ensure_future(routed.infer("fraud", _x())) for _ in range(2)]
+        await wait_for(lambda: len(slow.seen) == 2)
+        with pytest.raises(InferenceServerException) as caught:
+            await routed.get_model_metadata("fraud")
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
+        await asyncio.gather(*busy)
+        app.proxy.draining = True
+        with pytest.raises(InferenceServerException) as caught:
+            await routed.is_model_ready("fraud")
+        assert caught.value.status() == "StatusCode.UNAVAILABLE"
+        app.proxy.draining = False
+    finally:
+        await routed.close()
+
+
+async def test_an_answer_for_another_id_never_reaches_the_caller(tmp_path: Path, start_router,
+                                                                 models) -> None:
+    crossed = await models(answer_id="someone-else")
+    cfg = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", crossed.address)})
+    app, routed = await _router(tmp_path, start_router, [cfg])
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            await routed.infer("fraud", _x(), request_id="mine")
+    finally:
+        await routed.close()
+    assert caught.value.status() == "StatusCode.UNAVAILABLE"
+    assert "answered id 'someone-else' to request 'mine'" in caught.value.message()
+    (record,) = await _records(app, tmp_path, "mine")
+    assert record["status"] == 502
+
+
+async def test_tensors_past_what_the_router_reads(tmp_path: Path, start_router,
+                                                  models) -> None:
+    """More elements than the router turns into values: refused where the route must
+    validate them, forwarded unread (a marker in the log, no shadow copy) elsewhere."""
+    from router.tensors import MAX_ELEMENTS
+
+    model = await models()
+    wide = np.ones((1, MAX_ELEMENTS + 4), np.float32)
+    validated = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", model.address)},
+                            input_schema="fraud-features@1", validation="enforce")
+    plain = _grpc_route({"v1": ("http://127.0.0.1:9/v2/models/m", model.address)},
+                        name="plain", match={"path_prefix": "/v2/models/plain"})
+    app, routed = await _router(tmp_path, start_router, [validated, plain],
+                                limits={"max_body_mb": 32})
+    try:
+        with pytest.raises(InferenceServerException) as caught:
+            await routed.infer("fraud", _x(wide, "amount"), request_id="too-wide")
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        result = await routed.infer("plain", _x(wide), request_id="wide")
+        assert result.as_numpy("score").tolist() == [float(MAX_ELEMENTS + 4)]
+    finally:
+        await routed.close()
+    assert len(model.seen) == 1
+    (record,) = await _records(app, tmp_path, "wide")
+    assert record["input"]["_unread"] is True
+    assert record["input"]["elements"] == MAX_ELEMENTS + 4
+    assert record["output"]["outputs"][0]["data"] == [float(MAX_ELEMENTS + 4)]

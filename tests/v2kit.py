@@ -37,7 +37,7 @@ class V2Http:
         self.seen: list[dict[str, Any]] = []
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=64 << 20)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         return app
 
@@ -94,11 +94,13 @@ class V2Grpc:
     out, or typed out like KServe when ``typed``), ModelMetadata and ModelReady."""
 
     def __init__(self, version: str = "1.0.0", typed: bool = False, delay: float = 0.0,
-                 fail: grpc.StatusCode | None = None) -> None:
+                 fail: grpc.StatusCode | None = None, answer_id: str | None = None) -> None:
         self.version = version
         self.typed = typed
-        self.delay = delay
+        self.delay = delay            # before answering ModelInfer and ModelMetadata
         self.fail = fail
+        self.answer_id = answer_id    # answer with this id instead of the request's
+        self.call_metadata: list[list[tuple[str, Any]]] = []   # repeated keys kept
         self.seen: list[tuple[pb.ModelInferRequest, dict[str, Any]]] = []
         self.deadlines: list[float | None] = []   # the time each call had left on arrival
         self.server: grpc.aio.Server | None = None
@@ -133,6 +135,7 @@ class V2Grpc:
 
     async def infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         self.seen.append((request, dict(context.invocation_metadata())))
+        self.call_metadata.append(list(context.invocation_metadata()))
         self.deadlines.append(context.time_remaining())
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -147,7 +150,9 @@ class V2Grpc:
                          or tensor.contents.int64_contents, dtype=dtype)
         score = rows_score(x.reshape(list(tensor.shape)))
         answer = pb.ModelInferResponse(model_name=request.model_name,
-                                       model_version=self.version, id=request.id)
+                                       model_version=self.version,
+                                       id=request.id if self.answer_id is None
+                                       else self.answer_id)
         out = answer.outputs.add(name="score", datatype="FP32", shape=[len(score)])
         if self.typed:
             out.contents.fp32_contents.extend(score.tolist())
@@ -157,6 +162,8 @@ class V2Grpc:
 
     async def metadata(self, request: pb.ModelMetadataRequest,
                        context: Any) -> pb.ModelMetadataResponse:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         answer = pb.ModelMetadataResponse(name=request.name, versions=[self.version],
                                           platform="test")
         answer.inputs.add(name="x", datatype="FP32", shape=[-1, 4])

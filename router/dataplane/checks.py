@@ -5,6 +5,7 @@ names another request's id. Pure functions, no I/O."""
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Any
 
 import orjson
@@ -13,6 +14,28 @@ MAX_REQUEST_ID = 200
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 # Spellings of "/", "\\", NUL and "." that some server or framework decodes on the way in.
 _ENCODED_SEPARATORS = ("%2f", "%5c", "%00", "%252f", "%255c", "%2500", "%c0%ae", "%c0%af")
+
+
+def inflated(data: bytes, encoding: str, limit: int) -> bytes | None:
+    """A body sent with ``Content-Encoding`` gzip or deflate, decompressed to at most ``limit``
+    bytes (None: larger, so a small body cannot expand without bound); ValueError for any
+    other encoding or a corrupt stream."""
+    kind = encoding.strip().lower()
+    if kind in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    elif kind == "deflate":   # zlib-wrapped, as HTTP means it (raw deflate tried below)
+        inflater = zlib.decompressobj(zlib.MAX_WBITS if data[:1] == b"\x78" else -zlib.MAX_WBITS)
+    else:
+        raise ValueError(f"content-encoding {encoding[:32]!r} is not gzip or deflate")
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ValueError(f"the {kind} body is corrupt: {exc}") from None
+    if len(out) > limit:
+        return None
+    if not inflater.eof:
+        raise ValueError(f"the {kind} body is cut off")
+    return out
 
 
 def trace_id(traceparent: str | None) -> str | None:

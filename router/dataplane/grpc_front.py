@@ -40,7 +40,7 @@ from ..errors import (
 )
 from ..metrics import UNMATCHED
 from ..records import Exchange
-from ..tensors import TensorError
+from ..tensors import TensorError, TooManyElements, unread
 from . import routing
 from .checks import trace_id, unsafe_path, valid_request_id
 from .grpc_wire import HTTP, SERVICE, renamed, request_json, response_json, status_of
@@ -52,8 +52,8 @@ log = logging.getLogger("model_router.grpc")
 
 # Metadata the router sets or gRPC itself owns: never passed on from the client.
 _OWN = frozenset({"x-request-id", "x-forwarded-for", "content-type", "te", "user-agent",
-                  "grpc-accept-encoding", "grpc-encoding", "grpc-timeout", "accept-encoding"})
-_FALLBACK = (grpc.StatusCode.UNAVAILABLE,)
+                  "host", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout",
+                  "accept-encoding"})
 Method = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
@@ -155,6 +155,10 @@ class GrpcFront:
                                          extensions=[]).SerializeToString()
 
     # -- routed calls -------------------------------------------------------------------------
+    #
+    # A failed call ends with ``_end`` (status, details and the marks as trailing metadata)
+    # and returns, never by raising through ``context.abort``: the traceback would keep the
+    # call's frames, its message and tensors included, alive after the call.
 
     async def model_metadata(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return await self._routed(data, context, pb.ModelMetadataRequest, "ModelMetadata")
@@ -164,11 +168,16 @@ class GrpcFront:
 
     async def _routed(self, data: bytes, context: grpc.aio.ServicerContext, message: Any,
                       method: str) -> bytes:
-        """ModelMetadata / ModelReady: routed like ``GET /v2/models/M[/versions/V]``;
-        counted, not logged."""
-        snapshot = self.proxy.live.snapshot
+        """ModelMetadata / ModelReady: routed like ``GET /v2/models/M[/versions/V]``, under
+        the same in-flight limit; counted, not logged."""
+        proxy = self.proxy
+        snapshot = proxy.live.snapshot
         headers, request_id = self._headers(context, "")
+        refused = self._admission(snapshot)
+        if refused is not None:
+            return self._fail(context, refused, request_id, UNMATCHED, None)
         route_name, version_name = UNMATCHED, None
+        proxy.inflight += 1
         try:
             try:
                 msg = message.FromString(data)
@@ -177,7 +186,7 @@ class GrpcFront:
             route, rest = self._match(snapshot, msg.name, msg.version, "")
             route_name = route.name
             request = self._request(context, headers, b"", "GET")
-            decision = self.proxy._decide(request, route, rest, None)
+            decision = proxy._decide(request, route, rest, None)
             version_name = decision.version
             version = self._reachable(route, decision.version)
             name, pinned = version.grpc_model
@@ -185,14 +194,15 @@ class GrpcFront:
             answer: bytes = await call(renamed(data, name, pinned),
                                        timeout=self._timeout(route, context),
                                        metadata=self._metadata(headers, version, request_id,
-                                                               context.peer()))
+                                                               _peer(context.peer())))
         except RouterError as err:
-            await self._fail(context, route_name, version_name, err)
-            raise AssertionError("unreachable") from None
+            return self._fail(context, err, request_id, route_name, version_name)
         except grpc.aio.AioRpcError as err:
             self._count(route_name, version_name, err.code())
-            await context.abort(err.code(), err.details() or "")
-            raise AssertionError("unreachable") from None
+            return _end(context, err.code(), err.details() or "",
+                        _marks(request_id, version_name, route_name))
+        finally:
+            proxy.inflight -= 1
         self._count(route_name, version_name, grpc.StatusCode.OK)
         await context.send_initial_metadata(_marks(request_id, version_name, route_name))
         return answer
@@ -204,18 +214,12 @@ class GrpcFront:
         try:
             msg = pb.ModelInferRequest.FromString(data)
         except DecodeError as exc:
-            self._count(UNMATCHED, None, grpc.StatusCode.INVALID_ARGUMENT)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"not a ModelInferRequest: {exc}")
-            raise AssertionError("unreachable") from None
+            return self._fail(context, BadRequest(f"not a ModelInferRequest: {exc}"),
+                              proxy._next_id(), UNMATCHED, None)
         headers, request_id = self._headers(context, msg.id)
-        if proxy.draining or proxy.inflight >= snapshot.limits.max_concurrency:
-            err: RouterError = Draining("the router is shutting down") if proxy.draining \
-                else Overloaded("too many requests in flight")
-            if not proxy.draining:
-                proxy.metrics.reject(UNMATCHED, 503)
-            await self._fail(context, UNMATCHED, None, err)
-            raise AssertionError("unreachable: abort ends the call")
+        refused = self._admission(snapshot)
+        if refused is not None:
+            return self._fail(context, refused, request_id, UNMATCHED, None)
         proxy.inflight += 1
         try:
             return await self._infer(data, msg, context, snapshot, headers, request_id,
@@ -232,24 +236,23 @@ class GrpcFront:
         except RouterError as err:
             proxy.metrics.observe(UNMATCHED, None, "primary", err.status,
                                   proxy._clock() - started)
-            await self._fail(context, UNMATCHED, None, err)
-            raise AssertionError("unreachable") from None
+            return self._fail(context, err, request_id, UNMATCHED, None)
         reserved = False
         if proxy.predlog is not None and proxy.predlog.settings.on_full == "block":
             reserved = proxy.predlog.try_reserve() or await proxy.predlog.reserve()
             if not reserved:
                 proxy.metrics.reject(route.name, 503)
-                await self._fail(context, route.name, None, PredictionLogUnavailable(
-                    "the prediction log cannot take the record; not forwarded"))
+                return self._fail(context, PredictionLogUnavailable(
+                    "the prediction log cannot take the record; not forwarded"),
+                    request_id, route.name, None)
         ex = Exchange(ts=ts, request_id=request_id, snapshot=snapshot, route=route,
                       method="POST", version=None, reason=None, upstream=None, status=0,
                       latency_s=0.0, request_body=b"", response_body=None,
                       response_truncated=False, fallback_from=None, error=None,
                       sticky_key=None, trace_id=trace_id(headers.get("traceparent")),
                       headers=headers, peer=_peer(context.peer()), inference=True)
-        answer: bytes | None = None
-        code = grpc.StatusCode.OK
-        details = ""
+        answer: Answer | None = None
+        code, details = grpc.StatusCode.OK, ""
         try:
             answer = await self._exchange(data, msg, context, route, rest, ex)
         except RouterError as err:
@@ -265,32 +268,38 @@ class GrpcFront:
                 ex.error = ex.error or "cancelled before an answer"
                 code = grpc.StatusCode.CANCELLED
             asyncio.get_running_loop().call_soon(self._notify, ex, reserved, answer, code)
-        if code is not grpc.StatusCode.OK:
-            await context.abort(code, details)
-        await context.send_initial_metadata(_marks(ex.request_id, ex.version, route.name))
-        assert answer is not None
-        return answer
+        marks = _marks(ex.request_id, ex.version, route.name)
+        if answer is None:
+            return _end(context, code, details, marks)
+        await context.send_initial_metadata(marks)
+        return answer.data
 
     async def _exchange(self, data: bytes, msg: pb.ModelInferRequest,
                         context: grpc.aio.ServicerContext, route: Route, rest: str,
-                        ex: Exchange) -> bytes:
-        """Read, check, decide and forward one ModelInfer; its answer's bytes."""
+                        ex: Exchange) -> Answer:
+        """Read, check, decide and forward one ModelInfer; its answer."""
         proxy = self.proxy
         limit = self.live_limit()
         if len(data) > limit:
             raise BodyTooLarge(f"the message is over the {limit}-byte limit")
+        doc = None
         if route.protocol == "v2":
             try:
                 doc = request_json(msg)
+            except TooManyElements as exc:
+                if route.validator is not None and route.validation == "enforce":
+                    raise BodyTooLarge(f"tensors: {exc} to validate; not forwarded") from None
+                doc = None
+                ex.request_body, ex.mirror = orjson.dumps(unread(data, exc.count)), False
             except TensorError as exc:
                 raise BadRequest(f"tensors: {exc}; not forwarded") from None
-            ex.request_body = orjson.dumps(doc)   # what an HTTP client would have sent
-            ex.doc, ex.valid_json = doc, True
-            if route.validator is not None:
-                proxy._check(route, ex, doc)
+            if doc is not None:
+                ex.request_body = orjson.dumps(doc)   # what an HTTP client would have sent
+                ex.doc, ex.valid_json = doc, True
+                if route.validator is not None:
+                    proxy._check(route, ex, doc)
         else:
-            doc = None
-            ex.request_body = data
+            ex.request_body, ex.mirror = data, False   # no HTTP form to copy to a shadow
         request = self._request(context, ex.headers, ex.request_body, "POST")
         decision = proxy._decide(request, route, rest, ex, doc)
         ex.version, ex.reason, ex.suffix = decision.version, decision.reason, decision.rest
@@ -304,7 +313,7 @@ class GrpcFront:
             model, pinned = version.grpc_model
             call = self.channels.get(version).unary_unary(SERVICE + "ModelInfer")
             try:
-                answer: bytes = await call(
+                raw: bytes = await call(
                     renamed(data, model, pinned), timeout=self._timeout(route, context),
                     metadata=self._metadata(ex.headers, version, ex.request_id, ex.peer))
             except grpc.aio.AioRpcError as err:
@@ -323,6 +332,14 @@ class GrpcFront:
                 # The upstream's own status passes through unchanged.
                 ex.status, ex.error = HTTP.get(code, 500), f"{code.name}: {err.details()}"
                 raise _Abort(code, err.details() or "") from None
+            answer = Answer(raw)
+            if msg.id and answer.message is not None and answer.message.id \
+                    and answer.message.id != msg.id:
+                # Another call's answer: never hand it to this caller.
+                proxy.metrics.upstream_error(route.name, name, "protocol")
+                raise UpstreamUnavailable(
+                    f"version {name} over gRPC answered id {answer.message.id[:64]!r} to "
+                    f"request {msg.id[:64]!r}")
             ex.status = 200
             return answer
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -377,7 +394,9 @@ class GrpcFront:
     @staticmethod
     def _metadata(headers: Headers, version: Version, request_id: str,
                   peer: str | None) -> list[tuple[str, str]]:
-        out = [(k.lower(), v) for k, v in headers.raw if k.lower() not in _OWN]
+        configured = {name for name, _ in version.headers}   # the version's own win
+        out = [(key, v) for k, v in headers.raw
+               if (key := k.lower()) not in _OWN and key not in configured]
         forwarded = headers.get("x-forwarded-for")
         if peer:
             forwarded = f"{forwarded}, {peer}" if forwarded else peer
@@ -395,31 +414,82 @@ class GrpcFront:
             return route.timeout_s
         return max(0.001, min(route.timeout_s, remaining))
 
-    async def _fail(self, context: grpc.aio.ServicerContext, route: str, version: str | None,
-                    err: RouterError) -> None:
+    def _admission(self, snapshot: Snapshot) -> RouterError | None:
+        """Draining, or over ``limits.max_concurrency`` (shared with HTTP): the refusal."""
+        if self.proxy.draining:
+            return Draining("the router is shutting down")
+        if self.proxy.inflight >= snapshot.limits.max_concurrency:
+            self.proxy.metrics.reject(UNMATCHED, 503)
+            return Overloaded("too many requests in flight")
+        return None
+
+    def _fail(self, context: grpc.aio.ServicerContext, err: RouterError, request_id: str,
+              route: str, version: str | None) -> bytes:
+        """End a call the router refuses: counted, its status code, the marks."""
         code = status_of(err)
         self._count(route, version, code)
-        await context.abort(code, err.message)
+        return _end(context, code, err.message, _marks(request_id, version, route))
 
     def _count(self, route: str, version: str | None, code: grpc.StatusCode) -> None:
         self.proxy.metrics.count(self.proxy.metrics.grpc_requests, route, version or "none",
                                  "primary", code.name)
 
-    def _notify(self, ex: Exchange, reserved: bool, answer: bytes | None,
+    def _notify(self, ex: Exchange, reserved: bool, answer: Answer | None,
                 code: grpc.StatusCode) -> None:
         """After the call ended: the answer as JSON for the observers, then the proxy's
         observers (metrics, log, drift, shadows, rollout evidence)."""
         self._count(ex.route.name, ex.version, code)
         if answer is not None and ex.route.protocol == "v2":
+            message = answer.message
             try:
-                ex.answer = response_json(pb.ModelInferResponse.FromString(answer))
+                if message is None:
+                    message = pb.ModelInferResponse.FromString(answer.data)
+                ex.answer = response_json(message)
                 ex.response_body = orjson.dumps(ex.answer)
+            except TooManyElements as exc:   # a marker, and the served version
+                ex.response_body = orjson.dumps({**unread(answer.data, exc.count),
+                                                 "model_version": exc.doc.get("model_version")})
             except (DecodeError, TensorError) as exc:
                 ex.error = ex.error or f"the answer's tensors: {exc}"
-                ex.response_body = answer
+                ex.response_body = answer.data
         elif answer is not None:
-            ex.response_body = answer
+            ex.response_body = answer.data
         self.proxy._notify(ex, reserved)
+
+
+class Answer:
+    """An upstream's ModelInferResponse: its bytes (passed on as they are), and the message
+    when it was parsed already (to check its id)."""
+
+    __slots__ = ("data", "_message", "_parsed")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._message: pb.ModelInferResponse | None = None
+        self._parsed = False
+
+    def __repr__(self) -> str:
+        return f"<Answer {len(self.data)} bytes>"
+
+    @property
+    def message(self) -> pb.ModelInferResponse | None:
+        """The parsed message (once); None when the bytes are not one."""
+        if not self._parsed:
+            self._parsed = True
+            try:
+                self._message = pb.ModelInferResponse.FromString(self.data)
+            except DecodeError:
+                self._message = None
+        return self._message
+
+
+def _end(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str,
+         marks: tuple[tuple[str, str], ...]) -> bytes:
+    """End a call with ``code``: its details, and the marks as trailing metadata."""
+    context.set_code(code)
+    context.set_details(details)
+    context.set_trailing_metadata(marks)
+    return b""
 
 
 def _marks(request_id: str, version: str | None, route: str) -> tuple[tuple[str, str], ...]:

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from ..errors import RouterError
-from ..tensors import TensorError, decode, element_count, text
+from ..tensors import Budget, TensorError, decode, element_count, text
 from .oip import inference_pb2 as pb
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -91,11 +91,11 @@ def parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def _tensor(tensor: Any, raw: bytes | None, with_params: bool = True) -> dict[str, Any]:
+def _tensor(tensor: Any, raw: bytes | None) -> dict[str, Any]:
     name = tensor.name
     shape = list(tensor.shape)
     doc: dict[str, Any] = {"name": name, "datatype": tensor.datatype, "shape": shape}
-    if with_params and tensor.parameters:
+    if tensor.parameters:
         doc["parameters"] = parameters(tensor.parameters)
     if raw is not None:
         doc["data"] = decode(raw, tensor.datatype, shape, name)
@@ -104,20 +104,24 @@ def _tensor(tensor: Any, raw: bytes | None, with_params: bool = True) -> dict[st
     if field is None:  # FP16/BF16 travel raw only; an unknown type has nothing to read
         doc["data"] = None
         return doc
-    values = list(getattr(tensor.contents, field))
-    if tensor.datatype == "BYTES":
-        values = [text(v) for v in values]
+    typed = getattr(tensor.contents, field)
     count = element_count(shape, name)
-    if len(values) != count:
-        raise TensorError(f"tensor {name!r}: {len(values)} {tensor.datatype} contents, but "
+    if len(typed) != count:   # checked before a value is copied
+        raise TensorError(f"tensor {name!r}: {len(typed)} {tensor.datatype} contents, but "
                           f"shape {shape} holds {count}")
-    doc["data"] = values
+    values = list(typed)
+    doc["data"] = [text(v) for v in values] if tensor.datatype == "BYTES" else values
     return doc
 
 
-def _tensors(tensors: Any, raws: Any, what: str) -> list[dict[str, Any]]:
+def _tensors(tensors: Any, raws: Any, what: str, head: dict[str, Any]) -> list[dict[str, Any]]:
+    """The tensors as JSON; TooManyElements (with ``head``) before any is read when they
+    hold more elements than the router reads."""
     if raws and len(raws) != len(tensors):
         raise TensorError(f"{len(raws)} raw contents for {len(tensors)} {what}")
+    budget = Budget(head)
+    for tensor in tensors:
+        budget.take(tensor.datatype, element_count(list(tensor.shape), tensor.name))
     return [_tensor(t, raws[i] if raws else None) for i, t in enumerate(tensors)]
 
 
@@ -129,7 +133,7 @@ def request_json(msg: pb.ModelInferRequest) -> dict[str, Any]:
         doc["id"] = msg.id
     if msg.parameters:
         doc["parameters"] = parameters(msg.parameters)
-    doc["inputs"] = _tensors(msg.inputs, msg.raw_input_contents, "inputs")
+    doc["inputs"] = _tensors(msg.inputs, msg.raw_input_contents, "inputs", dict(doc))
     if msg.outputs:
         doc["outputs"] = [{"name": o.name, **({"parameters": parameters(o.parameters)}
                                               if o.parameters else {})} for o in msg.outputs]
@@ -143,5 +147,5 @@ def response_json(msg: pb.ModelInferResponse) -> dict[str, Any]:
         doc["id"] = msg.id
     if msg.parameters:
         doc["parameters"] = parameters(msg.parameters)
-    doc["outputs"] = _tensors(msg.outputs, msg.raw_output_contents, "outputs")
+    doc["outputs"] = _tensors(msg.outputs, msg.raw_output_contents, "outputs", dict(doc))
     return doc

@@ -39,9 +39,18 @@ from ..errors import (
 )
 from ..metrics import UNMATCHED, Metrics
 from ..records import Attributor, Entry, Exchange, FeedbackObserver, Observer, RecordSink, Served
-from ..tensors import HEADER, TensorError, binary_json, header_length
+from ..tensors import (
+    HEADER,
+    MAX_ELEMENTS,
+    TensorError,
+    TooManyElements,
+    binary_header,
+    binary_json,
+    header_length,
+    unread,
+)
 from . import routing
-from .checks import id_mismatch, parsed, trace_id, unsafe_path, valid_request_id
+from .checks import id_mismatch, inflated, parsed, trace_id, unsafe_path, valid_request_id
 from .client import Client
 from .connection import UpstreamResponse
 from .http import Request, Response, error_response, json_response
@@ -57,6 +66,7 @@ try:
 except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
     VERSION = __version__
 _UNPARSED = object()
+_UNREAD = object()     # binary tensors over the elements the router reads: forwarded unread
 
 
 
@@ -68,6 +78,10 @@ def read_binary_answer(ex: Exchange) -> None:
     assert ex.answer_header is not None and ex.response_body is not None
     try:
         ex.answer = binary_json(ex.response_body, ex.answer_header, "outputs")
+    except TooManyElements as exc:   # the log keeps a marker (and the served version)
+        ex.response_json = orjson.dumps({**unread(ex.response_body, exc.count), "binary": True,
+                                         "model_version": exc.doc.get("model_version")})
+        return
     except TensorError as exc:
         ex.error = ex.error or f"the answer's binary tensors: {exc}"
         return
@@ -178,13 +192,17 @@ class Proxy:
             doc = _UNPARSED
             v2 = route.protocol == "v2"
             if body:
-                if v2:
-                    doc = self._binary(request, ex)
-                if doc is _UNPARSED and (route.validator is not None or
-                                         v2 and b'"id"' in body):
-                    doc = self._parse(route, ex)
-                if doc is not _UNPARSED:
+                # Read as sent (gzip/deflate inflated); the bytes forwarded are the client's.
+                readable = self._readable(request, route, ex)
+                if readable is not None and v2:
+                    doc = self._binary(request, route, ex, readable)
+                if readable is not None and doc is _UNPARSED and (
+                        route.validator is not None or v2 and b'"id"' in readable):
+                    doc = self._parse(route, ex, readable)
+                if doc is not _UNPARSED and doc is not _UNREAD:
                     ex.doc, ex.valid_json = doc, True
+                    if readable is not body and ex.request_json is None:
+                        ex.request_json = readable   # the log keeps what it parsed
                     if v2 and not valid_request_id(request.headers.get("x-request-id") or ""):
                         self._own_id(ex, doc)
                     if route.validator is not None:
@@ -193,7 +211,8 @@ class Proxy:
                     and route.validation == "enforce":
                 raise BadRequest("the body is empty: this route validates every "
                                  "inference request; not forwarded")
-            decision = self._decide(request, route, rest, ex, doc)
+            decision = self._decide(request, route, rest, ex,
+                                    _UNPARSED if doc is _UNREAD else doc)
             ex.version, ex.reason = decision.version, decision.reason
             return await self._forward(request, conn, route, decision, ex)
         except RouterError as err:
@@ -204,14 +223,52 @@ class Proxy:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _binary(self, request: Request, ex: Exchange) -> Any:
-        """A V2 body in the binary tensor extension, read as its JSON equivalent (kept for
-        the log as ``request_json``); ``_UNPARSED`` for a JSON body. A malformed one is 400."""
+    def _readable(self, request: Request, route: Route, ex: Exchange) -> bytes | None:
+        """The body to read: as sent, or inflated when gzip/deflate-encoded (over
+        ``max_body_mb`` inflated: 413). None when it cannot be read (another encoding, a
+        corrupt stream): forwarded unread, or refused on a route that must validate it."""
+        encoding = request.headers.get("content-encoding")
+        if not encoding or encoding.strip().lower() == "identity":
+            return ex.request_body
+        limit = ex.snapshot.limits.max_body_bytes
         try:
-            size = header_length(request.headers.get(HEADER), len(ex.request_body))
+            body = inflated(ex.request_body, encoding, limit)
+        except ValueError as exc:
+            if route.validator is not None:
+                if route.validation == "enforce":
+                    raise BadRequest(f"{exc}: this route validates every inference "
+                                     f"request; not forwarded") from None
+                self._violations(route, ex, [{
+                    "field": None, "kind": "format", "expected": "identity, gzip or deflate",
+                    "got": str(exc)[:80], "row": None}])
+            return None
+        if body is None:
+            raise BodyTooLarge(f"the body is over the {limit}-byte limit once inflated")
+        return body
+
+    def _binary(self, request: Request, route: Route, ex: Exchange, body: bytes) -> Any:
+        """A V2 body in the binary tensor extension, read as its JSON equivalent (kept for
+        the log as ``request_json``); ``_UNPARSED`` for a JSON body; ``_UNREAD`` for tensors
+        with more elements than the router reads (forwarded unread; refused on a route that
+        enforces its schema). A malformed one is 400."""
+        try:
+            size = header_length(request.headers.get(HEADER), len(body))
             if size is None:
                 return _UNPARSED
-            doc = binary_json(ex.request_body, size, "inputs")
+            header = binary_header(body, size, "inputs")
+            if not valid_request_id(request.headers.get("x-request-id") or ""):
+                self._own_id(ex, header)   # before the tensors: a 400 names the client's id
+            doc = binary_json(body, size, "inputs", header)
+        except TooManyElements as exc:
+            if route.validator is not None:
+                if route.validation == "enforce":
+                    raise BodyTooLarge(f"binary tensors: {exc} to validate; not forwarded"
+                                       ) from None
+                self._violations(route, ex, [{
+                    "field": None, "kind": "format", "expected": f"at most {MAX_ELEMENTS} "
+                    "tensor elements", "got": exc.count, "row": None}])
+            ex.request_json = orjson.dumps({**unread(body, exc.count), "binary": True})
+            return _UNREAD
         except TensorError as exc:
             raise BadRequest(f"binary tensors: {exc}; not forwarded") from None
         ex.request_json = orjson.dumps(doc)
@@ -225,11 +282,11 @@ class Proxy:
         if isinstance(own, str) and valid_request_id(own):
             ex.request_id = own
 
-    def _parse(self, route: Route, ex: Exchange) -> Any:
+    def _parse(self, route: Route, ex: Exchange, body: bytes) -> Any:
         """The JSON body, or ``_UNPARSED``: on a validated route a body that is not JSON is
         400 (``enforce``) or a ``format`` violation (``log``)."""
         try:
-            return orjson.loads(ex.request_body)
+            return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             if route.validator is None:
                 return _UNPARSED

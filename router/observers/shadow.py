@@ -104,7 +104,7 @@ class Shadows:
 
     def exchange(self, ex: Exchange) -> None:
         """The observer: start the sampled copies of a finished inference; never awaits."""
-        if not ex.inference or ex.upstream is None:
+        if not ex.inference or ex.upstream is None or not ex.mirror:
             return
         route = ex.route
         for shadow in route.shadows:
