@@ -20,6 +20,7 @@ from helpers import (
     Served,
     free_port,
     route,
+    scorer,
     set_split,
     start_serve,
     wait_for,
@@ -27,6 +28,7 @@ from helpers import (
     write_config,
 )
 
+from router.analysis.audit import iter_records
 from router.process.app import RouterApp
 from router.process.lifecycle import TaskSet
 
@@ -292,3 +294,49 @@ async def test_listen_port_taken_exits_1(tmp_path: Path) -> None:
         blocker.close()
     assert proc.returncode == 1
     assert b"cannot start" in out
+
+
+async def test_stop_waits_for_requests_whose_client_went_away(tmp_path: Path, upstreams,
+                                                               start_router) -> None:
+    """A client that sends and hangs up does not take its request's record with it: the
+    router answers (to nobody), logs it, and only then stops."""
+    slow = await upstreams.start(scorer(0.5, delay=0.3))
+    app = await start_router(write_config(tmp_path, [route({"v1": slow + "/m"})]))
+    for i in range(10):
+        reader, writer = await asyncio.open_connection("127.0.0.1", app.port)
+        body = b'{"inputs": []}'
+        writer.write(b"POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\n"
+                     b"x-request-id: gone-%d\r\ncontent-length: %d\r\n\r\n%s"
+                     % (i, len(body), body))
+        await writer.drain()
+        writer.close()
+    await wait_for(lambda: app.proxy.inflight == 10)
+    await app.stop()
+    ids = {r["request_id"] for r in iter_records(tmp_path / "logs")}
+    assert ids == {f"gone-{i}" for i in range(10)}
+
+
+async def test_close_never_drops_a_batch_queued_for_the_writer(tmp_path: Path) -> None:
+    """``close`` cancels the periodic flush; a batch it had handed to a busy writer thread
+    is still written."""
+    import concurrent.futures
+    import time
+
+    from router.config import PredictionLogSettings
+    from router.observers.predlog import PredictionLog
+
+    written: list[bytes] = []
+    log = PredictionLog(PredictionLogSettings(dir=tmp_path, flush_ms=10), b"k" * 32,
+                        sink=written.append)
+    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    loop.set_default_executor(pool)
+    try:
+        log._entries = [b'{"n": %d}\n' % i for i in range(750)]
+        loop.run_in_executor(pool, time.sleep, 0.2)   # the writer thread is busy
+        log.start()
+        await asyncio.sleep(0.05)                       # the flush's batch waits for it
+        await log.close()
+    finally:
+        pool.shutdown(wait=True)
+    assert b"".join(written).count(b"\n") == 750

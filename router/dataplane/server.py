@@ -309,6 +309,7 @@ class Connection(asyncio.Protocol):
         self.waiting_since = None
         if self.worker is None:
             self.worker = self.loop.create_task(self._work())
+            self.server.working.add(self)
         else:
             self._wake_worker()
 
@@ -371,6 +372,7 @@ class Connection(asyncio.Protocol):
         finally:
             self.worker = None
             self._next = None
+            self.server.working.discard(self)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -508,6 +510,9 @@ class HttpServer:
         self.limits = limits
         self.loop = asyncio.get_event_loop()
         self.connections: set[Connection] = set()
+        # Connections whose worker is running: one whose client went away stays here (not in
+        # ``connections``) until its request is answered, so shutdown waits for it too.
+        self.working: set[Connection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -547,7 +552,8 @@ class HttpServer:
         for conn in list(self.connections):
             conn.shutdown()
         deadline = self.loop.time() + grace
-        while any(c.busy or c.queue for c in self.connections) and self.loop.time() < deadline:
+        while any(c.busy or c.queue for c in self.connections | self.working) \
+                and self.loop.time() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.abort()

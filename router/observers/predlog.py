@@ -278,7 +278,9 @@ class PredictionLog:
         interval = self.settings.flush_ms / 1000
         while True:
             await asyncio.sleep(interval)
-            await self.flush()
+            # Shielded: ``close`` cancels this loop, and a batch taken out of the buffer and
+            # queued for the writer thread would be lost with the cancelled wait.
+            await asyncio.shield(self.flush())
             if self.files.due():  # an idle segment is closed too, to be shipped
                 await asyncio.to_thread(self._close_segment)
 
