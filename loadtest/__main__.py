@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -48,11 +49,15 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# The V2 body's own "id" would be every request's id without an x-request-id (the contract's
+# rule), so the load sends one per request, as clients and gateways do; the body keeps its id
+# for the router's answer-id check (loadtest/upstream.py echoes it).
 BODY = (b'{"inputs":[{"name":"amount","datatype":"FP64","shape":[1],"data":[12.5]},'
         b'{"name":"avg_purchase_last_7_days","datatype":"FP64","shape":[1],"data":[30.1]},'
         b'{"name":"country","datatype":"BYTES","shape":[1],"data":["US"]},'
         b'{"name":"is_new_user","datatype":"BOOL","shape":[1],"data":[false]}],"id":"abc"}')
 PATH = "/v2/models/fraud/infer"
+_IDS = itertools.count()   # request ids of the built-in load: unique within a run
 TWO_CPUS = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 
 
@@ -222,9 +227,12 @@ wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
 local counter = 0
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+local run = "wrk-" .. math.random(1, 2147483647) .. "-"   -- ids unique across wrk runs
 request = function()
   counter = counter + 1
   wrk.headers["x-user-id"] = "user-" .. (counter % 1000)
+  wrk.headers["x-request-id"] = run .. counter
   return wrk.format()
 end
 """
@@ -258,6 +266,7 @@ async def _closed_loop(port: int, duration: float, connections: int) -> tuple[fl
                 try:
                     async with s.post(f"http://127.0.0.1:{port}{PATH}", data=BODY,
                                       headers={"x-user-id": f"user-{i}-{n % 50}",
+                                               "x-request-id": f"load-{next(_IDS)}",
                                                "content-type": "application/json"}) as r:
                         await r.read()
                         errors += r.status != 200
@@ -278,6 +287,7 @@ async def _fixed_rate(port: int, rate: float, count: int) -> list[float]:
             started = time.perf_counter()
             async with s.post(f"http://127.0.0.1:{port}{PATH}", data=BODY,
                               headers={"x-user-id": f"user-{i % 1000}",
+                                       "x-request-id": f"rate-{next(_IDS)}",
                                        "content-type": "application/json"}) as r:
                 await r.read()
             latencies.append((time.perf_counter() - started) * 1000)
