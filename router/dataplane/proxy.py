@@ -228,8 +228,8 @@ class Proxy:
         ``max_body_mb`` inflated: 413). None when it cannot be read (another encoding, a
         corrupt stream): forwarded unread, or refused on a route that must validate it."""
         encoding = request.headers.get("content-encoding")
-        if not encoding or encoding.strip().lower() == "identity":
-            return ex.request_body
+        if not encoding or encoding.strip().lower() == "identity" or route.protocol == "raw":
+            return ex.request_body   # (nothing reads a raw route's body)
         limit = ex.snapshot.limits.max_body_bytes
         try:
             body = inflated(ex.request_body, encoding, limit)
