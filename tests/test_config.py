@@ -208,6 +208,10 @@ def test_grpc_listener_and_version_addresses(tmp_path: Path) -> None:
     assert route.versions["v2"].grpc_model == ("fraud", "7")   # the url pins a version
     assert route.versions["v3"].grpc is None
     assert load_snapshot(write_config(tmp_path, [base_route()])).grpc is None
+    from router.config.check import summary   # what `model-router check` prints
+    lines = summary(snapshot)
+    assert lines[0] == "  gRPC V2 on 127.0.0.1:8181"
+    assert lines[1].endswith("grpc=h:8081") and "grpc=" not in lines[3]
 
 
 def test_grpc_port_conflicts_and_a_listener_nothing_can_reach(tmp_path: Path) -> None:

@@ -31,13 +31,18 @@ def check(config: str) -> int:
 
 
 def summary(snapshot: Snapshot) -> list[str]:
-    """Per route and version: weight in percent, registry schema and training data."""
+    """The gRPC port, then per route and version: weight in percent, registry schema and
+    training data, and the gRPC address when it has one."""
     lines = []
+    if snapshot.grpc is not None:
+        lines.append(f"  gRPC V2 on {snapshot.grpc.host}:{snapshot.grpc.port}")
     for route in snapshot.routes:
         weights = route.weights()
         for name in route.versions:
             entry = snapshot.registry.version(route.model, name) if route.model else None
             lines.append(f"  {route.name:<16} {name:<8} {weights[name]:>6g}%  "
                          f"schema={entry.schema if entry else '-'}  "
-                         f"training_data={entry.training_data if entry else '-'}")
+                         f"training_data={entry.training_data if entry else '-'}"
+                         + (f"  grpc={route.versions[name].grpc}"
+                            if route.versions[name].grpc else ""))
     return lines
