@@ -539,3 +539,12 @@ async def test_tensors_past_what_the_router_reads(tmp_path: Path, start_router,
     assert record["input"]["_unread"] is True
     assert record["input"]["elements"] == MAX_ELEMENTS + 4
     assert record["output"]["outputs"][0]["data"] == [float(MAX_ELEMENTS + 4)]
+
+
+def test_an_empty_model_version_names_none() -> None:
+    """proto3 sends an unset model_version as "": not a version to compare with the
+    registry's (a KServe model without one counted as a version mismatch)."""
+    from router.observers.encode import served_model_version
+
+    assert served_model_version({"model_version": ""}) is None
+    assert served_model_version({"model_version": "1"}) == "1"

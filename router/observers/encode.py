@@ -166,10 +166,12 @@ def payload(data: bytes | None, settings: PredictionLogSettings, protocol: str,
 
 
 def served_model_version(output: Any) -> str | None:
-    """The version a V2 answer names itself (``model_version``), if any."""
+    """The version a V2 answer names itself (``model_version``), if any (an empty one, as
+    proto3 sends "not set" over gRPC, is none)."""
     if isinstance(output, dict):
         value = output.get("model_version")
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) \
+                and value != "":
             return str(value)
     return None
 
