@@ -47,13 +47,14 @@ from .grpc_wire import HTTP, SERVICE, renamed, request_json, response_json, stat
 from .http import Headers, Request
 from .oip import inference_pb2 as pb
 from .proxy import VERSION, Proxy
+from .upstream import request_headers
 
 log = logging.getLogger("model_router.grpc")
 
-# Metadata the router sets or gRPC itself owns: never passed on from the client.
-_OWN = frozenset({"x-request-id", "x-forwarded-for", "content-type", "te", "user-agent",
-                  "host", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout",
-                  "accept-encoding"})
+# What the HTTP header rules (upstream.request_headers) would pass on that gRPC owns itself
+# (or, for host, the channel's :authority): never sent as metadata.
+_GRPC_OWN = frozenset({"host", "content-type", "te", "user-agent", "grpc-accept-encoding",
+                       "grpc-encoding", "grpc-timeout", "accept-encoding"})
 Method = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
@@ -394,17 +395,12 @@ class GrpcFront:
     @staticmethod
     def _metadata(headers: Headers, version: Version, request_id: str,
                   peer: str | None) -> list[tuple[str, str]]:
-        configured = {name for name, _ in version.headers}   # the version's own win
-        out = [(key, v) for k, v in headers.raw
-               if (key := k.lower()) not in _OWN and key not in configured]
-        forwarded = headers.get("x-forwarded-for")
-        if peer:
-            forwarded = f"{forwarded}, {peer}" if forwarded else peer
-        if forwarded:
-            out.append(("x-forwarded-for", forwarded))
-        out.append(("x-request-id", request_id))
-        out += version.headers
-        return out
+        """The call's metadata upstream: the HTTP rules (hop-by-hop dropped, x-forwarded-for
+        appended, the router's x-request-id, the version's headers replacing the client's),
+        less what gRPC owns. Repeated keys are joined with ", ", which gRPC reads as the
+        same metadata."""
+        sent = request_headers(headers.raw, version, request_id, peer)
+        return [(k, v) for k, v in sent.items() if k not in _GRPC_OWN]
 
     @staticmethod
     def _timeout(route: Route, context: grpc.aio.ServicerContext) -> float:
