@@ -684,24 +684,19 @@ def main() -> int:
             extra.append(f"{ratio(med[n], med['nginx_mirror'])} vs nginx_mirror")
         if n == "router_w2" and "router_w1" in med:
             extra.append(f"{ratio(med[n], med['router_w1'])} vs router_w1")
-        if n == "router_fleet" and "router_full" in med:
-            f = report["fleet_vs_full"]
+        # Scenarios judged against router_full: their paired ratios, and what they check.
+        versus = {"router_fleet": ("fleet_vs_full", "attribution_keys", "redis keys"),
+                  "router_ship": ("ship_vs_full", "shipped_rows", "store rows"),
+                  "router_ship_cpu1": ("ship_cpu1_vs_full", "shipped_rows", "store rows")}
+        if n in versus and "router_full" in med:
+            key, counted, label = versus[n]
+            f = report[key]
             rr, cr = f["rps_ratio_per_round"], f["cpu_ratio_per_round"]
             extra.append(f"{ratio(med[n], med['router_full'])} vs router_full, CPU "
                          f"{ratio(cpu[n], cpu['router_full'])}; per round "
                          f"{spread(rr)}, CPU {spread(cr)}")
             t = report["throughput"][n]
-            extra.append(f"redis keys {sum(t['attribution_keys'])} for "
-                         f"{sum(t['answered'])} answered")
-        if n in ("router_ship", "router_ship_cpu1") and "router_full" in med:
-            f = report["ship_vs_full" if n == "router_ship" else "ship_cpu1_vs_full"]
-            rr, cr = f["rps_ratio_per_round"], f["cpu_ratio_per_round"]
-            extra.append(f"{ratio(med[n], med['router_full'])} vs router_full, CPU "
-                         f"{ratio(cpu[n], cpu['router_full'])}; per round "
-                         f"{spread(rr)}, CPU {spread(cr)}")
-            t = report["throughput"][n]
-            extra.append(f"store rows {sum(t['shipped_rows'])} for "
-                         f"{sum(t['answered'])} answered")
+            extra.append(f"{label} {sum(t[counted])} for {sum(t['answered'])} answered")
         if n == "router_full" and "router_nolog" in med:
             extra.append(f"log cost {100 * (1 - med[n] / med['router_nolog']):.1f}%")
         print(f"{n:<20} {med[n]:>9.0f} {cpu[n]:>11.1f}  {'; '.join(extra)}")
